@@ -1,0 +1,275 @@
+//! From a captured frame to the TCP segment it carries, zero-copy, with `etherparse` slices.
+//!
+//! Link types: Ethernet (802.1Q/QinQ), Linux cooked v1/v2 (`tcpdump -i any`), raw IPv4/IPv6,
+//! BSD loopback (NULL/LOOP). Frames cut short by the snaplen are decoded as far as they go; the
+//! TCP payload bytes that were on the wire but not in the capture are reported as `missing`
+//! so reassembly can treat them as a capture gap instead of losing sync.
+
+use etherparse::{EtherType, LaxNetSlice, LaxSlicedPacket, TransportSlice};
+use std::net::{IpAddr, SocketAddr};
+
+/// libpcap link-layer header types (LINKTYPE_* values as stored in pcap files).
+pub mod linktype {
+    pub const NULL: i32 = 0;
+    pub const ETHERNET: i32 = 1;
+    pub const RAW_OLD_BSD: i32 = 12;
+    pub const RAW_OLD_OPENBSD: i32 = 14;
+    pub const RAW: i32 = 101;
+    pub const LOOP: i32 = 108;
+    pub const LINUX_SLL: i32 = 113;
+    pub const IPV4: i32 = 228;
+    pub const IPV6: i32 = 229;
+    pub const LINUX_SLL2: i32 = 276;
+
+    /// Whether gatescope can decode this link type.
+    pub fn supported(lt: i32) -> bool {
+        matches!(
+            lt,
+            NULL | ETHERNET
+                | RAW_OLD_BSD
+                | RAW_OLD_OPENBSD
+                | RAW
+                | LOOP
+                | LINUX_SLL
+                | IPV4
+                | IPV6
+                | LINUX_SLL2
+        )
+    }
+}
+
+/// TCP control bits, as on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flags(pub u8);
+
+impl Flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+
+    pub fn fin(self) -> bool {
+        self.0 & Self::FIN != 0
+    }
+    pub fn syn(self) -> bool {
+        self.0 & Self::SYN != 0
+    }
+    pub fn rst(self) -> bool {
+        self.0 & Self::RST != 0
+    }
+    pub fn ack(self) -> bool {
+        self.0 & Self::ACK != 0
+    }
+}
+
+/// One TCP segment as captured.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment<'a> {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: Flags,
+    /// Raw (unscaled) window; zero is zero at any scale.
+    pub window: u16,
+    pub payload: &'a [u8],
+    /// Payload bytes that were on the wire after `payload` but cut off by the snaplen.
+    pub missing: u32,
+}
+
+/// What a frame turned out to be.
+#[derive(Debug)]
+pub enum Decoded<'a> {
+    Tcp(Segment<'a>),
+    /// Not TCP (UDP, ARP, ICMP, IP fragments...): counted and skipped.
+    Other,
+    /// Too short or inconsistent to decode; the reason is for the summary.
+    Malformed(&'static str),
+}
+
+/// Decodes one frame. `orig_len` is the length on the wire, `data.len()` what was captured.
+pub fn decode(link: i32, data: &[u8], orig_len: u32) -> Decoded<'_> {
+    let lax = match link {
+        linktype::ETHERNET => match LaxSlicedPacket::from_ethernet(data) {
+            Ok(p) => p,
+            Err(_) => return Decoded::Malformed("frame shorter than an Ethernet header"),
+        },
+        linktype::LINUX_SLL => {
+            // 16-byte header; protocol (an EtherType for IP) in the last two bytes.
+            let Some(hdr) = data.get(..16) else {
+                return Decoded::Malformed("frame shorter than a Linux cooked (SLL) header");
+            };
+            let proto = u16::from_be_bytes([hdr[14], hdr[15]]);
+            LaxSlicedPacket::from_ether_type(EtherType(proto), &data[16..])
+        }
+        linktype::LINUX_SLL2 => {
+            // 20-byte header; protocol first.
+            let Some(hdr) = data.get(..20) else {
+                return Decoded::Malformed("frame shorter than a Linux cooked v2 (SLL2) header");
+            };
+            let proto = u16::from_be_bytes([hdr[0], hdr[1]]);
+            LaxSlicedPacket::from_ether_type(EtherType(proto), &data[20..])
+        }
+        linktype::RAW
+        | linktype::RAW_OLD_BSD
+        | linktype::RAW_OLD_OPENBSD
+        | linktype::IPV4
+        | linktype::IPV6 => match LaxSlicedPacket::from_ip(data) {
+            Ok(p) => p,
+            Err(_) => return Decoded::Malformed("raw IP frame without a valid IP header"),
+        },
+        linktype::NULL | linktype::LOOP => {
+            // 4-byte address family: host byte order for NULL, network order for LOOP.
+            // AF_INET is 2 everywhere; AF_INET6 is 10, 24, 28 or 30 depending on the OS.
+            let Some(hdr) = data.get(..4) else {
+                return Decoded::Malformed("frame shorter than a loopback header");
+            };
+            let le = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+            let be = u32::from_be_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+            let family = if le < 256 { le } else { be };
+            match family {
+                2 | 10 | 24 | 28 | 30 => match LaxSlicedPacket::from_ip(&data[4..]) {
+                    Ok(p) => p,
+                    Err(_) => return Decoded::Malformed("loopback frame without an IP header"),
+                },
+                _ => return Decoded::Other,
+            }
+        }
+        _ => return Decoded::Malformed("unsupported link type"),
+    };
+    from_lax(lax, orig_len.saturating_sub(data.len() as u32))
+}
+
+fn from_lax(p: LaxSlicedPacket<'_>, cut: u32) -> Decoded<'_> {
+    let (src_ip, dst_ip, fragmented) = match &p.net {
+        Some(LaxNetSlice::Ipv4(v4)) => {
+            let h = v4.header();
+            (
+                IpAddr::V4(h.source_addr()),
+                IpAddr::V4(h.destination_addr()),
+                v4.payload().fragmented,
+            )
+        }
+        Some(LaxNetSlice::Ipv6(v6)) => {
+            let h = v6.header();
+            (
+                IpAddr::V6(h.source_addr()),
+                IpAddr::V6(h.destination_addr()),
+                v6.payload().fragmented,
+            )
+        }
+        _ => return Decoded::Other,
+    };
+    if fragmented {
+        return Decoded::Other;
+    }
+    match p.transport {
+        Some(TransportSlice::Tcp(tcp)) => {
+            let mut flags = 0u8;
+            for (set, bit) in [
+                (tcp.fin(), Flags::FIN),
+                (tcp.syn(), Flags::SYN),
+                (tcp.rst(), Flags::RST),
+                (tcp.psh(), Flags::PSH),
+                (tcp.ack(), Flags::ACK),
+            ] {
+                if set {
+                    flags |= bit;
+                }
+            }
+            Decoded::Tcp(Segment {
+                src: SocketAddr::new(src_ip, tcp.source_port()),
+                dst: SocketAddr::new(dst_ip, tcp.destination_port()),
+                seq: tcp.sequence_number(),
+                ack: tcp.acknowledgment_number(),
+                flags: Flags(flags),
+                window: tcp.window_size(),
+                payload: tcp.payload(),
+                missing: cut,
+            })
+        }
+        Some(_) => Decoded::Other,
+        None => {
+            let is_tcp = p
+                .net
+                .as_ref()
+                .and_then(|n| n.ip_payload_ref())
+                .is_some_and(|pl| pl.ip_number == etherparse::IpNumber::TCP);
+            if is_tcp {
+                Decoded::Malformed("TCP header cut short (snaplen or corrupt frame)")
+            } else {
+                Decoded::Other
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    fn tcp_v4(payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(40000, 8080, 1000, 65535)
+            .ack(7)
+            .psh();
+        let mut out = Vec::new();
+        b.write(&mut out, payload).unwrap();
+        out
+    }
+
+    #[test]
+    fn raw_ipv4_tcp_is_decoded() {
+        let pkt = tcp_v4(b"GET / HTTP/1.1\r\n\r\n");
+        let Decoded::Tcp(s) = decode(linktype::RAW, &pkt, pkt.len() as u32) else {
+            panic!("not decoded as TCP");
+        };
+        assert_eq!(s.src, "10.0.0.1:40000".parse().unwrap());
+        assert_eq!(s.dst, "10.0.0.2:8080".parse().unwrap());
+        assert_eq!(s.seq, 1000);
+        assert!(s.flags.ack());
+        assert_eq!(s.payload, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(s.missing, 0);
+    }
+
+    #[test]
+    fn snaplen_cut_counts_missing_payload() {
+        let pkt = tcp_v4(&[b'x'; 100]);
+        let cut = &pkt[..60];
+        let Decoded::Tcp(s) = decode(linktype::RAW, cut, pkt.len() as u32) else {
+            panic!("not decoded as TCP");
+        };
+        assert_eq!(s.payload.len(), 20);
+        assert_eq!(s.missing, 80);
+    }
+
+    #[test]
+    fn linux_sll_and_null_headers() {
+        let ip = tcp_v4(b"x");
+        let mut sll = vec![0u8; 16];
+        sll[14] = 0x08;
+        sll.extend_from_slice(&ip);
+        assert!(matches!(
+            decode(linktype::LINUX_SLL, &sll, sll.len() as u32),
+            Decoded::Tcp(_)
+        ));
+        let mut null = 2u32.to_le_bytes().to_vec();
+        null.extend_from_slice(&ip);
+        assert!(matches!(
+            decode(linktype::NULL, &null, null.len() as u32),
+            Decoded::Tcp(_)
+        ));
+    }
+
+    #[test]
+    fn garbage_is_not_a_panic() {
+        for lt in [0, 1, 101, 113, 276, 999] {
+            for len in 0..64 {
+                let junk: Vec<u8> = (0..len).map(|i| (i * 37 + lt as usize) as u8).collect();
+                let _ = decode(lt, &junk, len as u32 + 10);
+            }
+        }
+    }
+}

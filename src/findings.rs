@@ -1,0 +1,290 @@
+//! What gatescope reports: the finding kinds, their severity and what each gateway makes of them.
+//!
+//! Kind names are part of the JSON schema and therefore stable. Each kind maps to one wire
+//! condition; the wording of the gateway hints follows what nginx, HAProxy and Envoy themselves
+//! log (see README "Findings"), so that an on-call engineer can match a finding to the line in
+//! the gateway's own log.
+
+use serde::Serialize;
+use std::fmt;
+
+/// How bad a finding is for the requests that crossed the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Context: nothing failed because of it.
+    Info,
+    /// Risky or slow, but the gateway would still have served a response.
+    Warning,
+    /// A gateway would have answered 502/504 or passed on a broken response.
+    Error,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
+}
+
+/// How sure gatescope is. A finding in a direction that had a capture gap nearby is `Low`:
+/// the missing bytes may hold the very thing that would have explained it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Confidence {
+    High,
+    Low,
+}
+
+macro_rules! kinds {
+    ($( $(#[$doc:meta])* $variant:ident => $name:literal, $sev:ident; )*) => {
+        /// Every condition gatescope detects. The snake_case name is the stable `kind` field.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Kind { $( $(#[$doc])* $variant, )* }
+
+        impl Kind {
+            pub const ALL: &'static [Kind] = &[ $( Kind::$variant, )* ];
+
+            pub fn name(self) -> &'static str {
+                match self { $( Kind::$variant => $name, )* }
+            }
+
+            pub fn severity(self) -> Severity {
+                match self { $( Kind::$variant => Severity::$sev, )* }
+            }
+
+            pub fn from_name(s: &str) -> Option<Kind> {
+                match s { $( $name => Some(Kind::$variant), )* _ => None }
+            }
+        }
+    };
+}
+
+kinds! {
+    /// SYN answered by RST.
+    ConnectRefused => "connect_refused", Error;
+    /// SYN never answered (retransmitted, or the capture ends).
+    ConnectTimeout => "connect_timeout", Error;
+    /// Server RST after (part of) a request, before any response byte.
+    ResetBeforeResponse => "reset_before_response", Error;
+    /// Server FIN after a request, before any response byte.
+    ClosedBeforeResponse => "closed_before_response", Error;
+    /// Response head started, then FIN/RST before its end.
+    TruncatedHead => "truncated_head", Error;
+    /// Body shorter than its framing, ended by FIN or RST.
+    TruncatedBody => "truncated_body", Error;
+    /// The status line is not `HTTP/x.y NNN ...`.
+    MalformedStatusLine => "malformed_status_line", Error;
+    /// A header line nginx rejects as "upstream sent invalid header".
+    MalformedHeader => "malformed_header", Error;
+    /// Response head larger than `--max-head-bytes` (nginx proxy_buffer_size).
+    HeadTooLarge => "head_too_large", Error;
+    /// Content-Length that is not a plain decimal number.
+    InvalidContentLength => "invalid_content_length", Error;
+    /// Two Content-Length headers.
+    DuplicateContentLength => "duplicate_content_length", Error;
+    /// Content-Length together with Transfer-Encoding.
+    ContentLengthWithChunked => "content_length_with_chunked", Error;
+    /// A Transfer-Encoding other than exactly `chunked`.
+    UnsupportedTransferEncoding => "unsupported_transfer_encoding", Error;
+    /// A chunk size line that does not parse.
+    InvalidChunk => "invalid_chunk", Error;
+    /// Bytes after the end of a response that no request explains.
+    ExcessData => "excess_data", Warning;
+    /// A response with no request pending.
+    UnsolicitedResponse => "unsolicited_response", Warning;
+    /// First response byte later than `--slow-first-byte` after the request's last byte.
+    SlowFirstByte => "slow_first_byte", Warning;
+    /// The proxy closed or reset while a response was still owed (timeout 504 or abort 499).
+    AbandonedByClient => "abandoned_by_client", Error;
+    /// A request on a reused keep-alive connection that the server was closing.
+    KeepaliveRace => "keepalive_race", Error;
+    /// A receiver advertised a zero window.
+    ZeroWindow => "zero_window", Warning;
+    /// Bytes missing from the capture.
+    CaptureGap => "capture_gap", Warning;
+    /// The backend itself answered 502/503/504.
+    BackendErrorStatus => "backend_error_status", Info;
+    /// A malformed request head on the proxy->backend leg (the gateway's own fault, or a
+    /// client's bytes passed through).
+    MalformedRequest => "malformed_request", Warning;
+    /// A bounded resource of gatescope's own ran out; analysis of this connection is partial.
+    LimitReached => "limit_reached", Warning;
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the gateways in front of this backend would have done. Taken from the gateways' own
+/// source and docs: nginx error-log text and status, HAProxy termination state, Envoy flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct GatewayHint {
+    /// The nginx error-log line (without the " while ..." tail where the phase says it).
+    pub nginx: &'static str,
+    /// The status nginx answers the client with (0: none; the response passes through).
+    pub nginx_status: u16,
+    /// HAProxy's termination state (first two characters).
+    pub haproxy: &'static str,
+    /// Envoy's %RESPONSE_FLAGS%.
+    pub envoy: &'static str,
+}
+
+impl Kind {
+    /// The gateway-side diagnosis for this kind.
+    pub fn hint(self) -> GatewayHint {
+        let h = |nginx, nginx_status, haproxy, envoy| GatewayHint {
+            nginx,
+            nginx_status,
+            haproxy,
+            envoy,
+        };
+        match self {
+            Kind::ConnectRefused => h(
+                "connect() failed (111: Connection refused) while connecting to upstream",
+                502,
+                "SC",
+                "UF",
+            ),
+            Kind::ConnectTimeout => h(
+                "upstream timed out (110: Connection timed out) while connecting to upstream",
+                504,
+                "sC",
+                "UF",
+            ),
+            Kind::ResetBeforeResponse => h(
+                "recv() failed (104: Connection reset by peer) while reading response header from upstream",
+                502,
+                "SH",
+                "UR",
+            ),
+            Kind::ClosedBeforeResponse => h(
+                "upstream prematurely closed connection while reading response header from upstream",
+                502,
+                "SH",
+                "UC",
+            ),
+            Kind::TruncatedHead => h(
+                "upstream prematurely closed connection while reading response header from upstream",
+                502,
+                "SH",
+                "UC",
+            ),
+            Kind::TruncatedBody => h(
+                "upstream prematurely closed connection while reading upstream (client gets a truncated response)",
+                502,
+                "SD",
+                "UC",
+            ),
+            Kind::MalformedStatusLine => h(
+                "upstream sent no valid HTTP/1.0 header while reading response header from upstream (passed through as HTTP/0.9)",
+                0,
+                "PH",
+                "UPE",
+            ),
+            Kind::MalformedHeader => h(
+                "upstream sent invalid header while reading response header from upstream",
+                502,
+                "PH",
+                "UPE",
+            ),
+            Kind::HeadTooLarge => h(
+                "upstream sent too big header while reading response header from upstream",
+                502,
+                "PH",
+                "UPE",
+            ),
+            Kind::InvalidContentLength => h(
+                "upstream sent invalid \"Content-Length\" header while reading response header from upstream",
+                502,
+                "PH",
+                "UPE",
+            ),
+            Kind::DuplicateContentLength => h(
+                "upstream sent duplicate header line: \"Content-Length\" while reading response header from upstream",
+                502,
+                "PH",
+                "UPE",
+            ),
+            Kind::ContentLengthWithChunked => h(
+                "upstream sent \"Content-Length\" and \"Transfer-Encoding\" headers at the same time",
+                502,
+                "-- (HAProxy drops Content-Length and closes)",
+                "UPE",
+            ),
+            Kind::UnsupportedTransferEncoding => h(
+                "upstream sent unknown \"Transfer-Encoding\" while reading response header from upstream",
+                502,
+                "PH",
+                "UPE",
+            ),
+            Kind::InvalidChunk => h(
+                "upstream sent invalid chunked response while reading upstream",
+                502,
+                "PD",
+                "UPE",
+            ),
+            Kind::ExcessData => h(
+                "upstream sent more data than specified in \"Content-Length\" header (warning; keepalive disabled)",
+                0,
+                "--",
+                "-",
+            ),
+            Kind::UnsolicitedResponse => h(
+                "upstream sent more data than specified / data after final chunk (warning)",
+                0,
+                "--",
+                "UPE",
+            ),
+            Kind::SlowFirstByte => h(
+                "upstream timed out (110: Connection timed out) while reading response header from upstream, if proxy_read_timeout is shorter",
+                504,
+                "sH",
+                "UT",
+            ),
+            Kind::AbandonedByClient => h(
+                "upstream timed out (110: Connection timed out) while reading response header from upstream (504), or client prematurely closed connection (499)",
+                504,
+                "sH / CH",
+                "UT / DC",
+            ),
+            Kind::KeepaliveRace => h(
+                "upstream prematurely closed connection / recv() failed (104: Connection reset by peer) while reading response header from upstream (retried once if idempotent)",
+                502,
+                "SH (or a silent close, no log)",
+                "UC",
+            ),
+            Kind::ZeroWindow => h("(no log; transfer stalls, may end in a timeout)", 0, "sD", "-"),
+            Kind::CaptureGap => h("(not a gateway event: bytes missing from the capture)", 0, "-", "-"),
+            Kind::BackendErrorStatus => h(
+                "(no error log: nginx passes the backend's own status on; $upstream_status shows it)",
+                0,
+                "--",
+                "-",
+            ),
+            Kind::MalformedRequest => h("(request built by the proxy; check the client side)", 0, "-", "-"),
+            Kind::LimitReached => h("(gatescope limit, not a gateway event)", 0, "-", "-"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_are_snake_case() {
+        for &k in Kind::ALL {
+            assert_eq!(Kind::from_name(k.name()), Some(k));
+            assert!(k
+                .name()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
+    }
+}

@@ -1,0 +1,1156 @@
+//! HTTP/1.x message framing over one reassembled stream, incrementally, without buffering
+//! bodies.
+//!
+//! The parser is a pull state machine: [`Parser::step`] consumes a prefix of the input and
+//! says what happened ([`Step`]). The caller (the `session`) owns pairing and time, so a
+//! response's framing, which depends on the request it answers (HEAD, CONNECT), is set by the
+//! caller right after [`Step::Head`] with [`Parser::set_framing`].
+//!
+//! Heads are parsed with `httparse` from a bounded buffer. When `httparse` rejects a head, a
+//! line-by-line check names the offending line the way nginx would ("upstream sent invalid
+//! header"). Bodies are framed per RFC 9112 §6.3 and only counted.
+
+use crate::limits::Limits;
+
+/// How a message body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 1xx, 204, 304, requests without Content-Length/Transfer-Encoding).
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the server closes the connection.
+    UntilClose,
+    /// The connection leaves HTTP (101 Switching Protocols, 2xx to CONNECT).
+    Tunnel,
+}
+
+impl Framing {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Framing::None => "none",
+            Framing::Length(_) => "content-length",
+            Framing::Chunked => "chunked",
+            Framing::UntilClose => "close-delimited",
+            Framing::Tunnel => "tunnel",
+        }
+    }
+}
+
+/// What a head said, kept small: bodies and most headers are not retained.
+#[derive(Clone, Debug, Default)]
+pub struct Head {
+    /// Request method (requests only).
+    pub method: Option<String>,
+    /// Request target, length-capped and escaped (requests only).
+    pub target: Option<String>,
+    /// Status code (responses only).
+    pub status: Option<u16>,
+    pub version_minor: u8,
+    pub head_len: usize,
+    pub content_length: Option<u64>,
+    /// Transfer-Encoding present and its last coding is `chunked`.
+    pub chunked: bool,
+    pub transfer_encoding: Option<String>,
+    pub connection_close: bool,
+    pub expect_continue: bool,
+    /// Problems found in the head, in the order a gateway would hit them.
+    pub violations: Vec<Violation>,
+}
+
+/// A protocol violation, with evidence escaped for display.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Violation {
+    MalformedStatusLine { line: String },
+    MalformedHeader { reason: &'static str, line: String },
+    MalformedRequest { reason: &'static str, line: String },
+    HeadTooLarge { limit: usize },
+    InvalidContentLength { value: String },
+    DuplicateContentLength { first: String, second: String },
+    ContentLengthWithChunked { content_length: String, transfer_encoding: String },
+    UnsupportedTransferEncoding { value: String },
+    InvalidChunk { line: String },
+    /// One of gatescope's own bounds was hit while parsing.
+    Limit { which: &'static str, limit: usize },
+}
+
+/// What one call to [`Parser::step`] did.
+#[derive(Debug)]
+pub enum Step {
+    /// Everything given was consumed; nothing to report.
+    NeedMore,
+    /// A message begins at the first byte not yet consumed.
+    MessageStart,
+    /// The head is complete. For responses, call [`Parser::set_framing`] before the next step.
+    Head(Box<Head>),
+    /// Bytes of a body were consumed (counted, not kept).
+    Body(u64),
+    /// The message is complete.
+    End,
+    /// A violation that does not stop framing (the message continues).
+    Violation(Violation),
+    /// The stream cannot be framed any further (fatal violation or a resync failure): every
+    /// following byte is skipped until the connection ends.
+    Broken(Violation),
+    /// Bytes skipped while looking for a message boundary after a mid-stream start or a gap.
+    Skipped(u64),
+}
+
+/// Where a message stood when its stream ended or lost bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Position {
+    /// Between messages.
+    Idle,
+    /// In a head; `bytes` of it received.
+    InHead { bytes: u64 },
+    /// In a body. `expected` is `None` for chunked bodies (unknown total).
+    InBody {
+        framing: Framing,
+        expected: Option<u64>,
+        received: u64,
+    },
+    /// Looking for a message boundary, or past a fatal violation.
+    Lost,
+    /// Tunnelled: not HTTP any more.
+    Tunnel,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Request,
+    Response,
+}
+
+#[derive(Debug)]
+enum Chunk {
+    /// Reading a chunk-size line (its length so far).
+    Size { line_len: usize },
+    Data { left: u64 },
+    /// The CRLF after chunk data; `seen` bytes of it.
+    DataEnd { seen: u8 },
+    /// Trailer section after the last chunk; `line_len` bytes of the current line.
+    Trailer { total: usize, line_len: usize },
+}
+
+#[derive(Debug)]
+enum State {
+    Idle,
+    /// Start of a message has been announced; head bytes accumulate in `buf`.
+    Head,
+    /// Head complete and buffered, a violation was reported; parse it on the next step.
+    AwaitHeadParse,
+    /// Head parsed; the caller must set the framing.
+    AwaitFraming,
+    Length { left: u64 },
+    Chunked(Chunk),
+    UntilClose,
+    Tunnel,
+    /// Looking for a message start (mid-stream pickup or after a gap).
+    Resync,
+    /// Unframeable; skip until the end.
+    Broken,
+}
+
+/// Incremental HTTP/1.x parser for one direction.
+#[derive(Debug)]
+pub struct Parser {
+    role: Role,
+    state: State,
+    buf: Vec<u8>,
+    /// Body bytes of the current message so far.
+    body: u64,
+    /// Framing of the current message.
+    framing: Framing,
+    /// Bytes of the current chunk-size line (bounded).
+    line: Vec<u8>,
+    /// Head bytes seen past the buffer cap (not kept).
+    head_overflow: usize,
+    /// Last byte(s) of head when scanning past the buffer cap.
+    tail: [u8; 3],
+    too_large_reported: bool,
+    /// The response did not start with "HTTP/"; collecting its first line as evidence.
+    bad_start: bool,
+    /// An `End` is owed before anything else (a message whose body just completed).
+    pending_end: bool,
+    max_head_bytes: usize,
+    head_buffer_cap: usize,
+    max_headers: usize,
+    max_trailer_bytes: usize,
+    max_chunk_line: usize,
+}
+
+const METHODS: &[&[u8]] = &[
+    b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
+    b"TRACE ",
+];
+
+/// Bytes of a non-HTTP response's first line kept as evidence.
+const STATUS_EVIDENCE: usize = 64;
+
+/// Max characters of evidence taken from the wire.
+pub const EVIDENCE_CAP: usize = 200;
+
+/// Escapes wire bytes for display: printable ASCII as is, everything else `\xNN`, capped.
+/// Terminal control bytes from the wire never reach the user's terminal.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len().min(EVIDENCE_CAP) + 8);
+    for &b in bytes {
+        if s.len() >= EVIDENCE_CAP {
+            s.push('…');
+            break;
+        }
+        match b {
+            b'\\' => s.push_str("\\\\"),
+            0x20..=0x7e => s.push(b as char),
+            b'\r' => s.push_str("\\r"),
+            b'\n' => s.push_str("\\n"),
+            b'\t' => s.push_str("\\t"),
+            _ => s.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    s
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Finds the end of a head (`\r\n\r\n` or `\n\n`) in `buf`, searching from `from`.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + p;
+        // "\n\n" or "\n\r\n"
+        if nl >= 1 && buf[nl - 1] == b'\n' {
+            return Some(nl + 1);
+        }
+        if nl >= 2 && buf[nl - 1] == b'\r' && buf[nl - 2] == b'\n' {
+            return Some(nl + 1);
+        }
+        i = nl + 1;
+    }
+    None
+}
+
+impl Parser {
+    pub fn new(role: Role, limits: &Limits) -> Parser {
+        Parser {
+            role,
+            state: State::Idle,
+            buf: Vec::new(),
+            body: 0,
+            framing: Framing::None,
+            line: Vec::new(),
+            head_overflow: 0,
+            tail: [0; 3],
+            too_large_reported: false,
+            pending_end: false,
+            bad_start: false,
+            max_head_bytes: limits.max_head_bytes,
+            head_buffer_cap: limits.head_buffer_cap.max(limits.max_head_bytes),
+            max_headers: limits.max_headers.clamp(1, 1024),
+            max_trailer_bytes: limits.max_trailer_bytes,
+            max_chunk_line: limits.max_chunk_line,
+        }
+    }
+
+    /// Starts in resync mode: the stream was picked up mid-way and the first message boundary
+    /// is unknown.
+    pub fn resync(&mut self) {
+        self.state = State::Resync;
+        self.buf = Vec::new();
+    }
+
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Idle)
+    }
+
+    pub fn is_resyncing(&self) -> bool {
+        matches!(self.state, State::Resync)
+    }
+
+    /// Where the current message stands.
+    pub fn position(&self) -> Position {
+        match &self.state {
+            State::Idle => Position::Idle,
+            State::Head | State::AwaitHeadParse | State::AwaitFraming => Position::InHead {
+                bytes: (self.buf.len() + self.head_overflow) as u64,
+            },
+            State::Length { left } => Position::InBody {
+                framing: self.framing,
+                expected: Some(self.body + left),
+                received: self.body,
+            },
+            State::Chunked(_) => Position::InBody {
+                framing: Framing::Chunked,
+                expected: None,
+                received: self.body,
+            },
+            State::UntilClose => Position::InBody {
+                framing: Framing::UntilClose,
+                expected: None,
+                received: self.body,
+            },
+            State::Tunnel => Position::Tunnel,
+            State::Resync | State::Broken => Position::Lost,
+        }
+    }
+
+    /// Sets the body framing of the response whose head was just returned.
+    pub fn set_framing(&mut self, framing: Framing) {
+        self.framing = framing;
+        self.body = 0;
+        self.state = match framing {
+            Framing::None => State::Idle,
+            Framing::Length(0) => State::Idle,
+            Framing::Length(n) => State::Length { left: n },
+            Framing::Chunked => State::Chunked(Chunk::Size { line_len: 0 }),
+            Framing::UntilClose => State::UntilClose,
+            Framing::Tunnel => State::Tunnel,
+        };
+        // A message with no body ends right away: the caller sees End on the next step.
+        if matches!(self.state, State::Idle) {
+            self.pending_end = true;
+        }
+    }
+
+    /// The stream lost `len` bytes. Returns true if the loss stayed inside a body whose
+    /// framing absorbs it (the message can still complete); otherwise the parser resyncs.
+    pub fn gap(&mut self, len: u64) -> bool {
+        match &mut self.state {
+            State::Length { left } if len <= *left => {
+                *left -= len;
+                self.body += len;
+                if *left == 0 {
+                    self.state = State::Idle;
+                    self.pending_end = true;
+                }
+                true
+            }
+            State::Chunked(Chunk::Data { left }) if len <= *left => {
+                *left -= len;
+                self.body += len;
+                if *left == 0 {
+                    self.state = State::Chunked(Chunk::DataEnd { seen: 0 });
+                }
+                true
+            }
+            State::UntilClose => {
+                self.body += len;
+                true
+            }
+            State::Tunnel | State::Broken => true,
+            _ => {
+                self.state = State::Resync;
+                self.buf.clear();
+                false
+            }
+        }
+    }
+
+    /// Consumes a prefix of `data`. Returns how many bytes were consumed and what happened.
+    /// Call again with the rest until it returns `(n, Step::NeedMore)` with all consumed.
+    pub fn step(&mut self, data: &[u8]) -> (usize, Step) {
+        let (n, step) = self.step_inner(data);
+        if matches!(step, Step::NeedMore) && self.pending_end {
+            self.pending_end = false;
+            return (n, Step::End);
+        }
+        (n, step)
+    }
+
+    fn step_inner(&mut self, data: &[u8]) -> (usize, Step) {
+        if self.pending_end {
+            self.pending_end = false;
+            return (0, Step::End);
+        }
+        if matches!(self.state, State::AwaitHeadParse) {
+            return (0, self.finish_head());
+        }
+        if data.is_empty() {
+            return (0, Step::NeedMore);
+        }
+        match &mut self.state {
+            State::Idle => {
+                self.buf.clear();
+                self.head_overflow = 0;
+                self.too_large_reported = false;
+                self.body = 0;
+                self.framing = Framing::None;
+                // Requests may be preceded by stray CRLFs (RFC 9112 §2.2).
+                if self.role == Role::Request {
+                    let skip = data.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+                    if skip > 0 {
+                        return (skip, Step::Skipped(skip as u64));
+                    }
+                }
+                self.state = State::Head;
+                (0, Step::MessageStart)
+            }
+            State::Head => self.step_head(data),
+            State::AwaitHeadParse => (0, self.finish_head()),
+            State::AwaitFraming => {
+                // The caller did not set a framing: assume the RFC default for the role.
+                let f = if self.role == Role::Request {
+                    Framing::None
+                } else {
+                    Framing::UntilClose
+                };
+                self.set_framing(f);
+                (0, Step::NeedMore)
+            }
+            State::Length { left } => {
+                let n = (*left).min(data.len() as u64);
+                *left -= n;
+                self.body += n;
+                if *left == 0 {
+                    self.state = State::Idle;
+                    self.pending_end = true;
+                }
+                (n as usize, Step::Body(n))
+            }
+            State::Chunked(_) => self.step_chunked(data),
+            State::UntilClose => {
+                self.body += data.len() as u64;
+                (data.len(), Step::Body(data.len() as u64))
+            }
+            State::Tunnel | State::Broken => (data.len(), Step::Skipped(data.len() as u64)),
+            State::Resync => match self.find_message_start(data) {
+                Some(0) => {
+                    self.state = State::Idle;
+                    (0, Step::Skipped(0))
+                }
+                Some(p) => {
+                    self.state = State::Idle;
+                    (p, Step::Skipped(p as u64))
+                }
+                None => (data.len(), Step::Skipped(data.len() as u64)),
+            },
+        }
+    }
+
+    /// Offset of the first plausible message start in `data` (at a line start).
+    fn find_message_start(&self, data: &[u8]) -> Option<usize> {
+        let matches_at = |i: usize| -> bool {
+            let rest = &data[i..];
+            match self.role {
+                Role::Response => rest.starts_with(b"HTTP/1."),
+                Role::Request => METHODS.iter().any(|m| rest.starts_with(m)),
+            }
+        };
+        if matches_at(0) {
+            return Some(0);
+        }
+        let mut i = 0;
+        while let Some(p) = data[i..].iter().position(|&b| b == b'\n') {
+            let at = i + p + 1;
+            if at < data.len() && matches_at(at) {
+                return Some(at);
+            }
+            i = at;
+            if i >= data.len() {
+                break;
+            }
+        }
+        None
+    }
+
+    fn step_head(&mut self, data: &[u8]) -> (usize, Step) {
+        // A response must start with "HTTP/". Anything else is an HTTP/0.9-style response or
+        // garbage; decide on the first bytes instead of waiting for a blank line that may
+        // never come.
+        if self.role == Role::Response && (self.bad_start || self.buf.len() < 5) {
+            let have = self.buf.len().min(5);
+            let want = &b"HTTP/"[have..];
+            let n = want.len().min(data.len());
+            if self.bad_start || data[..n] != want[..n] {
+                // Collect the first line (up to a fixed length, so the evidence does not
+                // depend on how the stream was segmented), then give up on the stream.
+                self.bad_start = true;
+                let room = STATUS_EVIDENCE.saturating_sub(self.buf.len());
+                let nl = data.iter().position(|&b| b == b'\n');
+                let take = nl.map_or(data.len(), |p| p + 1).min(room);
+                self.buf.extend_from_slice(&data[..take]);
+                if self.buf.len() >= STATUS_EVIDENCE || self.buf.ends_with(b"\n") {
+                    self.state = State::Broken;
+                    self.bad_start = false;
+                    return (
+                        take,
+                        Step::Broken(Violation::MalformedStatusLine {
+                            line: escape(&self.buf),
+                        }),
+                    );
+                }
+                return (take, Step::NeedMore);
+            }
+        }
+        if self.buf.len() < self.head_buffer_cap {
+            let room = self.head_buffer_cap - self.buf.len();
+            let search_from = self.buf.len().saturating_sub(3);
+            let take = room.min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            if let Some(end) = head_end(&self.buf, search_from) {
+                let consumed = take - (self.buf.len() - end);
+                self.buf.truncate(end);
+                if self.role == Role::Response
+                    && end > self.max_head_bytes
+                    && !self.too_large_reported
+                {
+                    // Report first; the head is parsed on the next step.
+                    self.too_large_reported = true;
+                    self.state = State::AwaitHeadParse;
+                    return (
+                        consumed,
+                        Step::Violation(Violation::HeadTooLarge {
+                            limit: self.max_head_bytes,
+                        }),
+                    );
+                }
+                return (consumed, self.finish_head());
+            }
+            if self.role == Role::Response
+                && self.buf.len() > self.max_head_bytes
+                && !self.too_large_reported
+            {
+                self.too_large_reported = true;
+                return (
+                    take,
+                    Step::Violation(Violation::HeadTooLarge {
+                        limit: self.max_head_bytes,
+                    }),
+                );
+            }
+            if self.buf.len() >= self.head_buffer_cap {
+                let l = self.buf.len();
+                self.tail.copy_from_slice(&self.buf[l - 3..]);
+            }
+            return (take, Step::NeedMore);
+        }
+        // Past the buffer cap: scan for the end without keeping bytes; the head cannot be
+        // parsed, so the stream is unframeable afterwards.
+        let chunk = &data[..data.len().min(64 * 1024)];
+        let mut window = Vec::with_capacity(chunk.len() + 3);
+        window.extend_from_slice(&self.tail);
+        window.extend_from_slice(chunk);
+        if let Some(end) = head_end(&window, 0) {
+            let consumed = end - 3;
+            self.head_overflow += consumed;
+            self.state = State::Broken;
+            return (
+                consumed,
+                Step::Broken(Violation::Limit {
+                    which: "head_buffer_cap",
+                    limit: self.head_buffer_cap,
+                }),
+            );
+        }
+        self.head_overflow += chunk.len();
+        self.tail.copy_from_slice(&window[window.len() - 3..]);
+        (chunk.len(), Step::NeedMore)
+    }
+
+    /// Parses the complete head in `buf`.
+    fn finish_head(&mut self) -> Step {
+        let mut storage = [httparse::EMPTY_HEADER; 128];
+        let n = self.max_headers.min(storage.len());
+        let headers = &mut storage[..n];
+        let mut head = Head {
+            head_len: self.buf.len(),
+            ..Head::default()
+        };
+        let parsed = match self.role {
+            Role::Response => {
+                let mut r = httparse::Response::new(headers);
+                match r.parse(&self.buf) {
+                    Ok(httparse::Status::Complete(_)) => {
+                        head.status = r.code;
+                        head.version_minor = r.version.unwrap_or(1);
+                        Ok(r.headers.iter().map(|h| (h.name, h.value)).collect::<Vec<_>>())
+                    }
+                    Ok(httparse::Status::Partial) => Err(httparse::Error::NewLine),
+                    Err(e) => Err(e),
+                }
+            }
+            Role::Request => {
+                let mut r = httparse::Request::new(headers);
+                match r.parse(&self.buf) {
+                    Ok(httparse::Status::Complete(_)) => {
+                        head.method = r.method.map(str::to_owned);
+                        head.target = r.path.map(|p| escape(p.as_bytes()));
+                        head.version_minor = r.version.unwrap_or(1);
+                        Ok(r.headers.iter().map(|h| (h.name, h.value)).collect::<Vec<_>>())
+                    }
+                    Ok(httparse::Status::Partial) => Err(httparse::Error::NewLine),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let fields = match parsed {
+            Ok(f) => f,
+            Err(httparse::Error::TooManyHeaders) => {
+                self.state = State::Broken;
+                return Step::Broken(Violation::Limit {
+                    which: "max_headers",
+                    limit: n,
+                });
+            }
+            Err(e) => {
+                let v = diagnose(self.role, &self.buf, e);
+                self.state = State::Broken;
+                return Step::Broken(v);
+            }
+        };
+        for (name, value) in fields {
+            if name.eq_ignore_ascii_case("content-length") {
+                let text = String::from_utf8_lossy(value);
+                let trimmed = text.trim();
+                let parsed = if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+                    trimmed.parse::<u64>().ok()
+                } else {
+                    None
+                };
+                match (head.content_length, parsed) {
+                    (_, None) => head.violations.push(Violation::InvalidContentLength {
+                        value: escape(value),
+                    }),
+                    (Some(prev), Some(_)) => {
+                        head.violations.push(Violation::DuplicateContentLength {
+                            first: prev.to_string(),
+                            second: escape(value),
+                        })
+                    }
+                    (None, Some(v)) => head.content_length = Some(v),
+                }
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                let te = String::from_utf8_lossy(value).trim().to_ascii_lowercase();
+                let joined = match head.transfer_encoding.take() {
+                    Some(prev) => format!("{prev}, {te}"),
+                    None => te,
+                };
+                head.chunked = joined
+                    .rsplit(',')
+                    .next()
+                    .is_some_and(|last| last.trim() == "chunked");
+                head.transfer_encoding = Some(joined);
+            } else if name.eq_ignore_ascii_case("connection") {
+                let v = String::from_utf8_lossy(value).to_ascii_lowercase();
+                if v.split(',').any(|t| t.trim() == "close") {
+                    head.connection_close = true;
+                }
+            } else if name.eq_ignore_ascii_case("expect") {
+                head.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+            }
+        }
+        if let Some(te) = &head.transfer_encoding {
+            if te != "chunked" {
+                head.violations.push(Violation::UnsupportedTransferEncoding {
+                    value: escape(te.as_bytes()),
+                });
+            }
+            if let Some(cl) = head.content_length {
+                head.violations.push(Violation::ContentLengthWithChunked {
+                    content_length: cl.to_string(),
+                    transfer_encoding: escape(te.as_bytes()),
+                });
+            }
+        }
+        if head.version_minor == 0 && head.content_length.is_none() {
+            // HTTP/1.0 defaults to close.
+            head.connection_close = true;
+        }
+        self.state = State::AwaitFraming;
+        if self.role == Role::Request {
+            // A request's framing does not depend on anything else (RFC 9112 §6.3).
+            let f = request_framing(&head);
+            self.set_framing(f);
+            // `End` for a bodiless request comes after the caller saw the head.
+        }
+        Step::Head(Box::new(head))
+    }
+
+    fn step_chunked(&mut self, data: &[u8]) -> (usize, Step) {
+        let State::Chunked(chunk) = &mut self.state else {
+            return (0, Step::NeedMore);
+        };
+        match chunk {
+            Chunk::Size { line_len } => {
+                let nl = data.iter().position(|&b| b == b'\n');
+                let take = nl.map_or(data.len(), |p| p + 1);
+                let keep = take.min(self.max_chunk_line.saturating_sub(self.line.len()));
+                self.line.extend_from_slice(&data[..keep]);
+                *line_len += take;
+                if *line_len > self.max_chunk_line {
+                    self.state = State::Broken;
+                    return (
+                        take,
+                        Step::Broken(Violation::Limit {
+                            which: "max_chunk_line",
+                            limit: self.max_chunk_line,
+                        }),
+                    );
+                }
+                if nl.is_none() {
+                    return (take, Step::NeedMore);
+                }
+                let line = std::mem::take(&mut self.line);
+                match parse_chunk_size(&line) {
+                    Some(0) => {
+                        self.state = State::Chunked(Chunk::Trailer {
+                            total: 0,
+                            line_len: 0,
+                        })
+                    }
+                    Some(n) => self.state = State::Chunked(Chunk::Data { left: n }),
+                    None => {
+                        self.state = State::Broken;
+                        return (
+                            take,
+                            Step::Broken(Violation::InvalidChunk {
+                                line: escape(&line),
+                            }),
+                        );
+                    }
+                }
+                (take, Step::NeedMore)
+            }
+            Chunk::Data { left } => {
+                let n = (*left).min(data.len() as u64);
+                *left -= n;
+                self.body += n;
+                if *left == 0 {
+                    *chunk = Chunk::DataEnd { seen: 0 };
+                }
+                (n as usize, Step::Body(n))
+            }
+            Chunk::DataEnd { seen } => {
+                // Expect CRLF (a bare LF is tolerated, as nginx does).
+                let b = data[0];
+                match (*seen, b) {
+                    (0, b'\r') => {
+                        *seen = 1;
+                        (1, Step::NeedMore)
+                    }
+                    (_, b'\n') => {
+                        *chunk = Chunk::Size { line_len: 0 };
+                        (1, Step::NeedMore)
+                    }
+                    _ => {
+                        let shown = &data[..data.len().min(16)];
+                        self.state = State::Broken;
+                        (
+                            0,
+                            Step::Broken(Violation::InvalidChunk {
+                                line: format!("missing CRLF after chunk data: {}", escape(shown)),
+                            }),
+                        )
+                    }
+                }
+            }
+            Chunk::Trailer { total, line_len } => {
+                let nl = data.iter().position(|&b| b == b'\n');
+                let take = nl.map_or(data.len(), |p| p + 1);
+                *total += take;
+                if *total > self.max_trailer_bytes {
+                    self.state = State::Broken;
+                    return (
+                        take,
+                        Step::Broken(Violation::Limit {
+                            which: "max_trailer_bytes",
+                            limit: self.max_trailer_bytes,
+                        }),
+                    );
+                }
+                match nl {
+                    None => {
+                        *line_len += take;
+                        (take, Step::NeedMore)
+                    }
+                    Some(_) => {
+                        // An empty line ("\r\n" or "\n") ends the trailer section.
+                        let this_line = *line_len + take;
+                        let empty = this_line <= 2
+                            && data[..take].iter().all(|&b| b == b'\r' || b == b'\n');
+                        if empty {
+                            self.state = State::Idle;
+                            self.pending_end = true;
+                        } else {
+                            *line_len = 0;
+                        }
+                        (take, Step::NeedMore)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// RFC 9112 §6.3 for requests: chunked, else Content-Length, else no body.
+pub fn request_framing(head: &Head) -> Framing {
+    if head.transfer_encoding.is_some() {
+        if head.chunked {
+            Framing::Chunked
+        } else {
+            // A request with a non-chunked TE cannot be framed (the server answers 400).
+            Framing::UntilClose
+        }
+    } else if let Some(n) = head.content_length {
+        Framing::Length(n)
+    } else {
+        Framing::None
+    }
+}
+
+/// RFC 9112 §6.3 for responses, given the method of the request it answers.
+pub fn response_framing(head: &Head, request_method: Option<&str>) -> Framing {
+    let status = head.status.unwrap_or(0);
+    if request_method == Some("HEAD") || (100..200).contains(&status) && status != 101 {
+        return Framing::None;
+    }
+    if status == 204 || status == 304 {
+        return Framing::None;
+    }
+    if status == 101 || (request_method == Some("CONNECT") && (200..300).contains(&status)) {
+        return Framing::Tunnel;
+    }
+    if head.transfer_encoding.is_some() {
+        return if head.chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        };
+    }
+    let duplicate_conflict = head
+        .violations
+        .iter()
+        .any(|v| matches!(v, Violation::DuplicateContentLength { first, second } if first != second));
+    let invalid = head
+        .violations
+        .iter()
+        .any(|v| matches!(v, Violation::InvalidContentLength { .. }));
+    if duplicate_conflict || invalid {
+        // Unknowable: the gateway rejects it; read to the close.
+        return Framing::UntilClose;
+    }
+    match head.content_length {
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    }
+}
+
+/// `1a;ext=v\r\n` → 26. None if the size is not hex or overflows u64 (HAProxy and nginx both
+/// reject sizes that do not fit).
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let end = line
+        .iter()
+        .position(|&b| b == b';' || b == b' ' || b == b'\t')
+        .unwrap_or(line.len());
+    let digits = &line[..end];
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    let rest = &line[end..];
+    if !rest.is_empty() && !rest.iter().all(|&b| b == b' ' || b == b'\t') && !rest.contains(&b';')
+    {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &b in digits {
+        let d = (b as char).to_digit(16)?;
+        v = v.checked_mul(16)?.checked_add(u64::from(d))?;
+    }
+    Some(v)
+}
+
+/// Names the offending line of a head `httparse` rejected, in nginx's terms.
+fn diagnose(role: Role, head: &[u8], err: httparse::Error) -> Violation {
+    let mut lines = head.split(|&b| b == b'\n');
+    let first = lines.next().unwrap_or_default();
+    if role == Role::Response
+        && matches!(err, httparse::Error::Status | httparse::Error::Version)
+    {
+        return Violation::MalformedStatusLine {
+            line: escape(first),
+        };
+    }
+    if role == Role::Request && matches!(err, httparse::Error::Token | httparse::Error::Version)
+    {
+        return Violation::MalformedRequest {
+            reason: "invalid request line",
+            line: escape(first),
+        };
+    }
+    for raw in lines {
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if line.is_empty() {
+            break;
+        }
+        let reason = if line[0] == b' ' || line[0] == b'\t' {
+            Some("obsolete line folding (line starts with whitespace)")
+        } else if let Some(colon) = line.iter().position(|&b| b == b':') {
+            let name = &line[..colon];
+            let value = &line[colon + 1..];
+            if name.is_empty() {
+                Some("empty header name")
+            } else if name.last().is_some_and(|&b| b == b' ' || b == b'\t') {
+                Some("whitespace before colon")
+            } else if !name.iter().all(|&b| is_tchar(b)) {
+                Some("invalid character in header name")
+            } else if value.contains(&0) {
+                Some("NUL in header value")
+            } else if value.contains(&b'\r') {
+                Some("bare CR in header value")
+            } else if value.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f) {
+                Some("control character in header value")
+            } else {
+                None
+            }
+        } else {
+            Some("missing colon")
+        };
+        if let Some(reason) = reason {
+            return match role {
+                Role::Response => Violation::MalformedHeader {
+                    reason,
+                    line: escape(raw),
+                },
+                Role::Request => Violation::MalformedRequest {
+                    reason,
+                    line: escape(raw),
+                },
+            };
+        }
+    }
+    let reason = match err {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        _ => "unparsable head",
+    };
+    match role {
+        Role::Response => Violation::MalformedHeader {
+            reason,
+            line: escape(&head[..head.len().min(EVIDENCE_CAP)]),
+        },
+        Role::Request => Violation::MalformedRequest {
+            reason,
+            line: escape(&head[..head.len().min(EVIDENCE_CAP)]),
+        },
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    /// Runs a whole stream through a parser, splitting it at `split` byte boundaries, and
+    /// returns a compact trace: `S` start, `H<status|method>`, `B<n>` (merged), `E` end,
+    /// `!<violation>`, `~<n>` skipped.
+    fn trace(role: Role, stream: &[u8], split: usize, method: Option<&str>) -> String {
+        let limits = Limits::default();
+        let mut p = Parser::new(role, &limits);
+        let mut out = String::new();
+        let mut body = 0u64;
+        let mut skipped = 0u64;
+        let flush = |out: &mut String, body: &mut u64, skipped: &mut u64| {
+            if *body > 0 {
+                out.push_str(&format!("B{body} "));
+                *body = 0;
+            }
+            if *skipped > 0 {
+                out.push_str(&format!("~{skipped} "));
+                *skipped = 0;
+            }
+        };
+        for piece in stream.chunks(split.max(1)) {
+            let mut data = piece;
+            loop {
+                let (n, step) = p.step(data);
+                data = &data[n..];
+                match step {
+                    Step::NeedMore if data.is_empty() => break,
+                    Step::NeedMore => {}
+                    Step::Body(n) => body += n,
+                    Step::Skipped(n) => skipped += n,
+                    other => {
+                        flush(&mut out, &mut body, &mut skipped);
+                        match other {
+                            Step::MessageStart => out.push_str("S "),
+                            Step::Head(h) => {
+                                match role {
+                                    Role::Response => {
+                                        out.push_str(&format!("H{} ", h.status.unwrap_or(0)));
+                                        p.set_framing(response_framing(&h, method));
+                                    }
+                                    Role::Request => out.push_str(&format!(
+                                        "H{} ",
+                                        h.method.as_deref().unwrap_or("?")
+                                    )),
+                                }
+                                for v in &h.violations {
+                                    out.push_str(&format!("!{v:?} "));
+                                }
+                            }
+                            Step::End => out.push_str("E "),
+                            Step::Violation(v) | Step::Broken(v) => {
+                                out.push_str(&format!("!{v:?} "))
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        flush(&mut out, &mut body, &mut skipped);
+        out.trim_end().to_string()
+    }
+
+    fn every_split(role: Role, stream: &[u8], method: Option<&str>) -> String {
+        let whole = trace(role, stream, stream.len(), method);
+        for split in 1..stream.len().min(40) {
+            assert_eq!(trace(role, stream, split, method), whole, "split {split}");
+        }
+        whole
+    }
+
+    #[test]
+    fn content_length_responses_back_to_back() {
+        let s = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(every_split(Role::Response, s, None), "S H200 B5 E S H404 E");
+    }
+
+    #[test]
+    fn chunked_with_extensions_and_trailers() {
+        let s = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n";
+        assert_eq!(every_split(Role::Response, s, None), "S H200 B11 E");
+    }
+
+    #[test]
+    fn head_response_has_no_body() {
+        let s = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(every_split(Role::Response, s, Some("HEAD")), "S H200 E S H204 E");
+    }
+
+    #[test]
+    fn interim_100_then_final() {
+        let s = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        assert_eq!(every_split(Role::Response, s, None), "S H100 E S H200 B2 E");
+    }
+
+    #[test]
+    fn close_delimited_body_counts_until_the_end() {
+        let s = b"HTTP/1.0 200 OK\r\n\r\nabcdef";
+        assert_eq!(every_split(Role::Response, s, None), "S H200 B6");
+    }
+
+    #[test]
+    fn requests_with_and_without_bodies() {
+        let s = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(every_split(Role::Request, s, None), "S HGET E S HPOST B3 E");
+    }
+
+    #[test]
+    fn bad_chunk_size_breaks_the_stream() {
+        let s = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello";
+        let t = every_split(Role::Response, s, None);
+        assert!(t.starts_with("S H200 !InvalidChunk"), "{t}");
+    }
+
+    #[test]
+    fn chunk_size_overflowing_u64_is_invalid() {
+        assert_eq!(parse_chunk_size(b"ffffffffffffffff\r\n"), Some(u64::MAX));
+        assert_eq!(parse_chunk_size(b"10000000000000000\r\n"), None);
+        assert_eq!(parse_chunk_size(b"8 \r\n"), Some(8));
+        assert_eq!(parse_chunk_size(b"a;name=value\r\n"), Some(10));
+    }
+
+    #[test]
+    fn http09_response_is_a_malformed_status_line() {
+        let t = every_split(Role::Response, b"hello world\n", None);
+        assert!(t.starts_with("S !MalformedStatusLine"), "{t}");
+    }
+
+    #[test]
+    fn header_problems_are_named_like_nginx() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"HTTP/1.1 200 OK\r\nBadHeader\r\n\r\n", "missing colon"),
+            (b"HTTP/1.1 200 OK\r\nContent-Type : x\r\n\r\n", "whitespace before colon"),
+            (b"HTTP/1.1 200 OK\r\nA: b\r\n folded\r\n\r\n", "obsolete line folding"),
+            (b"HTTP/1.1 200 OK\r\nA: b\x00c\r\n\r\n", "NUL in header value"),
+        ];
+        for (head, reason) in cases {
+            let t = trace(Role::Response, head, head.len(), None);
+            assert!(t.contains("MalformedHeader") && t.contains(reason), "{reason}: {t}");
+        }
+        let t = trace(Role::Response, b"HTTP/1.1 abc OK\r\n\r\n", 100, None);
+        assert!(t.contains("MalformedStatusLine"), "{t}");
+    }
+
+    #[test]
+    fn framing_violations_are_reported_on_the_head() {
+        let t = trace(
+            Role::Response,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            1000,
+            None,
+        );
+        assert!(t.contains("ContentLengthWithChunked"), "{t}");
+        assert!(t.ends_with('E'), "TE wins over CL: {t}");
+        let t = trace(Role::Response, b"HTTP/1.1 200 OK\r\nContent-Length: 12abc\r\n\r\n", 1000, None);
+        assert!(t.contains("InvalidContentLength"), "{t}");
+        let t = trace(
+            Role::Response,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            1000,
+            None,
+        );
+        assert!(t.contains("DuplicateContentLength"), "{t}");
+        let t = trace(Role::Response, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 1000, None);
+        assert!(t.contains("UnsupportedTransferEncoding"), "{t}");
+    }
+
+    #[test]
+    fn head_larger_than_the_limit_is_reported_once() {
+        let mut s = b"HTTP/1.1 200 OK\r\nSet-Cookie: ".to_vec();
+        s.extend(std::iter::repeat_n(b'a', 6000));
+        s.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+        let t = every_split(Role::Response, &s, None);
+        assert_eq!(t.matches("HeadTooLarge").count(), 1, "{t}");
+        assert!(t.ends_with("H200 E"), "{t}");
+    }
+
+    #[test]
+    fn gap_inside_a_known_length_body_is_absorbed() {
+        let mut p = Parser::new(Role::Response, &Limits::default());
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab";
+        let mut data: &[u8] = head;
+        while !data.is_empty() {
+            let (n, step) = p.step(data);
+            data = &data[n..];
+            if let Step::Head(h) = step {
+                p.set_framing(response_framing(&h, None));
+            }
+        }
+        assert!(p.gap(5));
+        assert_eq!(
+            p.position(),
+            Position::InBody {
+                framing: Framing::Length(10),
+                expected: Some(10),
+                received: 7
+            }
+        );
+        assert!(!p.gap(100), "a gap past the body loses sync");
+        assert_eq!(p.position(), Position::Lost);
+    }
+
+    #[test]
+    fn resync_finds_the_next_response() {
+        let mut p = Parser::new(Role::Response, &Limits::default());
+        p.resync();
+        let (n, step) = p.step(b"tail of a body\r\nHTTP/1.1 200 OK\r\n");
+        assert!(matches!(step, Step::Skipped(16)), "{step:?}");
+        assert_eq!(n, 16);
+    }
+}

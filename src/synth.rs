@@ -1,0 +1,1 @@
+//! Synthetic captures (placeholder until the generator lands).
