@@ -1,1 +1,885 @@
+//! The connection table: finds each segment's connection by 4-tuple, works out who is the
+//! client (the proxy) and who is the server (the backend), runs TCP-level checks (handshake,
+//! resets, zero windows, capture gaps) and feeds both reassembled directions to the
+//! connection's HTTP [`Session`].
+//!
+//! State is bounded: at most `max_connections` connections are tracked; idle ones are expired
+//! by *packet* time (so offline and live analysis agree), and when the table is full the one
+//! closest to its idle deadline is evicted and reported. A closed connection leaves a small
+//! tombstone for a while so that stray packets after a RST do not start phantom connections;
+//! a new SYN on the same 4-tuple starts a new connection.
 
+use crate::decode::Segment;
+use crate::findings::{Kind, Severity};
+use crate::limits::Limits;
+use crate::reassembly::{Reassembler, StreamSink};
+use crate::record::{self, Close, ConnId, Record, Side};
+use crate::session::{evidence, CloseKind, Ctx, Emitter, ExRef, Session};
+use crate::time::Ts;
+use rustc_hash::FxHashMap;
+use serde_json::json;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// How long a closed connection's 4-tuple is remembered (packet time).
+const LINGER_US: u64 = 30_000_000;
+/// A SYN that has had no answer for this long after its last retransmission is unanswered.
+const SYN_WAIT_US: u64 = 5_000_000;
+/// A SYN is reported unanswered at capture end only if it waited at least this long.
+const SYN_MIN_WAIT_US: u64 = 1_000_000;
+
+/// A backend given with `--backend`: which side is the server when the handshake is missing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub ip: Option<IpAddr>,
+    pub port: u16,
+}
+
+impl Backend {
+    pub fn parse(s: &str) -> Result<Backend, String> {
+        if let Ok(port) = s.parse::<u16>() {
+            return Ok(Backend { ip: None, port });
+        }
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            return Ok(Backend {
+                ip: Some(sa.ip()),
+                port: sa.port(),
+            });
+        }
+        Err(format!(
+            "'{s}' is not a backend; use PORT, IPv4:PORT or [IPv6]:PORT (e.g. 8080, 10.0.0.2:8080)"
+        ))
+    }
+
+    fn matches(&self, a: &SocketAddr) -> bool {
+        a.port() == self.port && self.ip.is_none_or(|ip| ip == a.ip())
+    }
+}
+
+/// The 4-tuple, in canonical (sorted) order so both directions find the same entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    lo: SocketAddr,
+    hi: SocketAddr,
+}
+
+impl Key {
+    pub fn new(a: SocketAddr, b: SocketAddr) -> Key {
+        if a <= b {
+            Key { lo: a, hi: b }
+        } else {
+            Key { lo: b, hi: a }
+        }
+    }
+
+    /// A hash that is the same for both directions, for sharding connections over workers.
+    pub fn shard_hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = rustc_hash::FxHasher::default();
+        self.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// Counters the summary shows; merged across workers.
+#[derive(Clone, Debug, Default)]
+pub struct FlowStats {
+    pub connections: u64,
+    pub midstream: u64,
+    pub evicted: u64,
+    pub idle_expired: u64,
+    pub retransmitted_bytes: u64,
+    pub out_of_order_segments: u64,
+    pub overlap_conflicts: u64,
+    pub ooo_overflows: u64,
+    pub gap_bytes: u64,
+    pub late_packets: u64,
+    pub peak_connections: u64,
+}
+
+impl FlowStats {
+    pub fn merge(&mut self, o: &FlowStats) {
+        self.connections += o.connections;
+        self.midstream += o.midstream;
+        self.evicted += o.evicted;
+        self.idle_expired += o.idle_expired;
+        self.retransmitted_bytes += o.retransmitted_bytes;
+        self.out_of_order_segments += o.out_of_order_segments;
+        self.overlap_conflicts += o.overlap_conflicts;
+        self.ooo_overflows += o.ooo_overflows;
+        self.gap_bytes += o.gap_bytes;
+        self.late_packets += o.late_packets;
+        self.peak_connections += o.peak_connections;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Dir {
+    reasm: Option<Reassembler>,
+    /// Payload bytes seen (including retransmissions).
+    bytes: u64,
+    fin: bool,
+    rst: bool,
+    /// A zero window advertised by this direction's sender (its receive buffer is full).
+    zero_since: Option<(Ts, u64)>,
+    zero_reported: bool,
+    gaps: u32,
+    first_gap: Option<(Ts, u64, u64)>,
+    /// The out-of-order buffer overflowed (reported once).
+    overflow_reported: bool,
+}
+
+#[derive(Debug)]
+struct Syn {
+    at: (Ts, u64),
+    last: Ts,
+    count: u32,
+    isn: u32,
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: ConnId,
+    start: Ts,
+    last: Ts,
+    /// Sender of direction 0.
+    a: SocketAddr,
+    b: SocketAddr,
+    dirs: [Dir; 2],
+    /// Index of the client→server direction, once known.
+    client: Option<usize>,
+    syn: Option<Syn>,
+    synack: bool,
+    session: Option<Session>,
+    packets: u64,
+    first_fin: Option<usize>,
+    rst_by: Option<usize>,
+    refused: bool,
+    /// Any payload seen from the server.
+    server_spoke: bool,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Live(Box<Conn>),
+    Closed { at: Ts, isn: Option<u32> },
+}
+
+/// Routes one direction's reassembled stream into the session.
+struct SideSink<'s, 'c, 'o> {
+    session: &'s mut Session,
+    side: Side,
+    ctx: &'c mut Ctx<'o>,
+    /// The server's acknowledgement of the client stream, carried by this segment.
+    server_ack: Option<u64>,
+    gaps: u32,
+    first_gap: Option<(Ts, u64, u64)>,
+    offset: u64,
+}
+
+impl StreamSink for SideSink<'_, '_, '_> {
+    fn data(&mut self, bytes: &[u8]) {
+        self.offset += bytes.len() as u64;
+        match self.side {
+            Side::Client => self.session.client_data(bytes, self.ctx),
+            Side::Server => self.session.server_data(bytes, self.ctx),
+        }
+    }
+    fn gap(&mut self, len: u64) {
+        self.gaps += 1;
+        if self.first_gap.is_none() {
+            self.first_gap = Some((self.ctx.ts, self.ctx.frame, self.offset));
+        }
+        self.offset += len;
+        self.session.gap(self.side, len, self.ctx);
+    }
+    fn fin(&mut self) {
+        match self.side {
+            Side::Client => self.session.client_close(CloseKind::Fin, self.ctx),
+            Side::Server => self
+                .session
+                .server_close(CloseKind::Fin, self.server_ack, self.ctx),
+        }
+    }
+}
+
+pub struct FlowTable {
+    conns: FxHashMap<Key, Entry>,
+    /// Deadlines, checked lazily: an entry is re-pushed if the connection was active since.
+    deadlines: BinaryHeap<Reverse<(Ts, ConnId, Key)>>,
+    limits: Arc<Limits>,
+    backends: Arc<Vec<Backend>>,
+    pub stats: FlowStats,
+    max_connections: usize,
+}
+
+impl FlowTable {
+    /// `share` divides `max_connections` when connections are sharded over workers.
+    pub fn new(limits: Arc<Limits>, backends: Arc<Vec<Backend>>, share: usize) -> FlowTable {
+        let max_connections = (limits.max_connections / share.max(1)).max(16);
+        FlowTable {
+            conns: FxHashMap::default(),
+            deadlines: BinaryHeap::new(),
+            limits,
+            backends,
+            stats: FlowStats::default(),
+            max_connections,
+        }
+    }
+
+    /// Connections currently tracked (tombstones included).
+    pub fn tracked(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Total out-of-order bytes held by all connections.
+    pub fn buffered_bytes(&self) -> usize {
+        self.conns
+            .values()
+            .map(|e| match e {
+                Entry::Live(c) => c
+                    .dirs
+                    .iter()
+                    .map(|d| d.reasm.as_ref().map_or(0, |r| r.buffered()))
+                    .sum(),
+                Entry::Closed { .. } => 0,
+            })
+            .sum()
+    }
+
+    fn deadline(&self, e: &Entry) -> Ts {
+        match e {
+            Entry::Closed { at, .. } => Ts(at.0 + LINGER_US as i64),
+            Entry::Live(c) if c.syn.is_some() && !c.synack && !c.server_spoke => {
+                Ts(c.last.0 + SYN_WAIT_US as i64)
+            }
+            Entry::Live(c) => Ts(c.last.0 + self.limits.idle_timeout_us as i64),
+        }
+    }
+
+    /// Processes one TCP segment.
+    pub fn segment(&mut self, seg: &Segment<'_>, ctx: &mut Ctx<'_>) {
+        let key = Key::new(seg.src, seg.dst);
+        let is_new_syn = seg.flags.syn() && !seg.flags.ack();
+        let mut replace = false;
+        match self.conns.get_mut(&key) {
+            Some(Entry::Live(c)) => {
+                // A SYN with a new ISN on a 4-tuple we still think is open: the old one
+                // ended without us seeing it (or is being reused); start over.
+                if is_new_syn {
+                    let same_syn = c.syn.as_ref().is_some_and(|s| s.isn == seg.seq)
+                        && c.client.is_some_and(|d| (d == 0) == (seg.src == c.a));
+                    if !same_syn {
+                        replace = true;
+                    }
+                }
+            }
+            Some(Entry::Closed { isn, .. }) => {
+                if is_new_syn && *isn != Some(seg.seq) {
+                    self.conns.remove(&key);
+                } else {
+                    self.stats.late_packets += 1;
+                    return;
+                }
+            }
+            None => {}
+        }
+        if replace {
+            if let Some(Entry::Live(c)) = self.conns.remove(&key) {
+                self.finish(*c, None, ctx);
+            }
+        }
+        if !self.conns.contains_key(&key) {
+            if seg.flags.rst() {
+                // A RST for a connection we do not know: nothing to analyse.
+                self.stats.late_packets += 1;
+                return;
+            }
+            if self.conns.len() >= self.max_connections {
+                self.evict_one(ctx);
+            }
+            let conn = Conn {
+                id: ctx.frame,
+                start: ctx.ts,
+                last: ctx.ts,
+                a: seg.src,
+                b: seg.dst,
+                dirs: [Dir::default(), Dir::default()],
+                client: None,
+                syn: None,
+                synack: false,
+                session: None,
+                packets: 0,
+                first_fin: None,
+                rst_by: None,
+                refused: false,
+                server_spoke: false,
+            };
+            self.stats.connections += 1;
+            let entry = Entry::Live(Box::new(conn));
+            let dl = self.deadline(&entry);
+            self.deadlines.push(Reverse((dl, ctx.frame, key)));
+            self.conns.insert(key, entry);
+            self.stats.peak_connections = self.stats.peak_connections.max(self.conns.len() as u64);
+        }
+        let Some(Entry::Live(c)) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let done = Self::update(c, seg, &self.limits, &self.backends, &mut self.stats, ctx);
+        if done {
+            if let Some(Entry::Live(c)) = self.conns.remove(&key) {
+                let isn = c.syn.as_ref().map(|s| s.isn);
+                let at = ctx.ts;
+                self.finish(*c, None, ctx);
+                let entry = Entry::Closed { at, isn };
+                let dl = self.deadline(&entry);
+                self.deadlines.push(Reverse((dl, ctx.frame, key)));
+                self.conns.insert(key, entry);
+            }
+        }
+    }
+
+    /// Applies a segment to its connection. Returns true when the connection is over.
+    fn update(
+        c: &mut Conn,
+        seg: &Segment<'_>,
+        limits: &Limits,
+        backends: &[Backend],
+        stats: &mut FlowStats,
+        ctx: &mut Ctx<'_>,
+    ) -> bool {
+        let d = if seg.src == c.a { 0 } else { 1 };
+        c.packets += 1;
+        c.last = ctx.ts;
+        let flags = seg.flags;
+
+        if flags.syn() {
+            if flags.ack() {
+                c.synack = true;
+                if c.client.is_none() {
+                    c.client = Some(1 - d);
+                }
+            } else {
+                c.client.get_or_insert(d);
+                match &mut c.syn {
+                    Some(s) if s.isn == seg.seq => {
+                        s.count += 1;
+                        s.last = ctx.ts;
+                    }
+                    _ => {
+                        c.syn = Some(Syn {
+                            at: (ctx.ts, ctx.frame),
+                            last: ctx.ts,
+                            count: 1,
+                            isn: seg.seq,
+                        })
+                    }
+                }
+            }
+            if c.dirs[d].reasm.is_none() {
+                c.dirs[d].reasm = Some(Reassembler::new(
+                    seg.seq.wrapping_add(1),
+                    limits.max_ooo_bytes,
+                    limits.max_ooo_segments,
+                ));
+            }
+        }
+
+        // Roles are needed before any byte reaches HTTP.
+        let has_payload = !seg.payload.is_empty() || seg.missing > 0;
+        if c.client.is_none() && (has_payload || flags.fin() || flags.rst()) {
+            c.client = Some(guess_client(c, d, seg.payload, backends));
+        }
+        let Some(client_dir) = c.client else {
+            // Pure ACKs before anything else: remember where the stream starts.
+            if c.dirs[d].reasm.is_none() {
+                c.dirs[d].reasm = Some(Reassembler::new(
+                    seg.seq,
+                    limits.max_ooo_bytes,
+                    limits.max_ooo_segments,
+                ));
+            }
+            return false;
+        };
+        if c.session.is_none() {
+            let (client, server) = if client_dir == 0 { (c.a, c.b) } else { (c.b, c.a) };
+            let mid_c = c.dirs[client_dir].reasm.is_none() || c.syn.is_none();
+            let mid_s = c.dirs[1 - client_dir].reasm.is_none() || !c.synack;
+            if mid_c || mid_s {
+                stats.midstream += 1;
+            }
+            c.session = Some(Session::new(
+                Emitter::new(c.id, client, server),
+                limits,
+                mid_c && c.syn.is_none(),
+                mid_s && !c.synack,
+            ));
+        }
+        let side = if d == client_dir { Side::Client } else { Side::Server };
+        if side == Side::Server && has_payload {
+            c.server_spoke = true;
+        }
+
+        // Zero window: the sender of this segment has no room to receive.
+        if !flags.rst() && !flags.syn() {
+            let dir = &mut c.dirs[d];
+            if seg.window == 0 {
+                dir.zero_since.get_or_insert((ctx.ts, ctx.frame));
+            } else if let Some((since, frame)) = dir.zero_since.take() {
+                if !dir.zero_reported {
+                    dir.zero_reported = true;
+                    if let Some(s) = c.session.as_mut() {
+                        zero_window_finding(s, side, since, frame, Some(ctx.ts), ctx);
+                    }
+                }
+            }
+        }
+
+        if flags.rst() {
+            c.dirs[d].rst = true;
+            c.rst_by.get_or_insert(d);
+            if side == Side::Server && c.syn.is_some() && !c.synack && !c.server_spoke {
+                c.refused = true;
+            }
+            return true;
+        }
+
+        let Some(session) = c.session.as_mut() else {
+            return false;
+        };
+        // Stream data (and FIN) of this direction.
+        if c.dirs[d].reasm.is_none() {
+            c.dirs[d].reasm = Some(Reassembler::new(
+                seg.seq,
+                limits.max_ooo_bytes,
+                limits.max_ooo_segments,
+            ));
+        }
+        // The server's ACK, as an offset in the client stream (for keep-alive race timing).
+        let server_ack = if side == Side::Server && flags.ack() {
+            c.dirs[client_dir]
+                .reasm
+                .as_ref()
+                .map(|r| r.offset_of(seg.ack).max(0) as u64)
+        } else {
+            None
+        };
+        if has_payload || flags.fin() {
+            let seq = if flags.syn() { seg.seq.wrapping_add(1) } else { seg.seq };
+            let dir = &mut c.dirs[d];
+            dir.bytes += seg.payload.len() as u64;
+            if let Some(r) = dir.reasm.as_mut() {
+                let mut sink = SideSink {
+                    session,
+                    side,
+                    ctx,
+                    server_ack,
+                    gaps: 0,
+                    first_gap: None,
+                    offset: r.next_offset(),
+                };
+                let eff = r.segment(seq, seg.payload, seg.missing, flags.fin(), &mut sink);
+                let (gaps, first_gap) = (sink.gaps, sink.first_gap);
+                stats.retransmitted_bytes += eff.retransmitted;
+                if eff.out_of_order {
+                    stats.out_of_order_segments += 1;
+                }
+                if eff.overflowed {
+                    stats.ooo_overflows += 1;
+                    if !dir.overflow_reported {
+                        dir.overflow_reported = true;
+                        let msg = format!(
+                            "more out-of-order data than gatescope holds ({} bytes / {} segments) in the {} direction; the hole was treated as a capture gap",
+                            limits.max_ooo_bytes,
+                            limits.max_ooo_segments,
+                            side.as_str()
+                        );
+                        session.em.finding(
+                            ctx,
+                            Kind::LimitReached,
+                            Severity::Warning,
+                            &ExRef::default(),
+                            None,
+                            msg,
+                            evidence(json!({"limit": "max_ooo_bytes", "value": limits.max_ooo_bytes, "direction": side.as_str()})),
+                        );
+                    }
+                }
+                dir.gaps += gaps;
+                if dir.first_gap.is_none() {
+                    dir.first_gap = first_gap;
+                }
+                if flags.fin() {
+                    dir.fin = true;
+                }
+            }
+        }
+        // This segment's ACK covers the other direction: ACKed bytes never seen are a gap.
+        if flags.ack() {
+            let o = 1 - d;
+            let other_side = side.other();
+            let dir = &mut c.dirs[o];
+            if let Some(r) = dir.reasm.as_mut() {
+                let mut sink = SideSink {
+                    session,
+                    side: other_side,
+                    ctx,
+                    server_ack: None,
+                    gaps: 0,
+                    first_gap: None,
+                    offset: r.next_offset(),
+                };
+                r.acked(seg.ack, &mut sink);
+                let (gaps, first_gap) = (sink.gaps, sink.first_gap);
+                dir.gaps += gaps;
+                if dir.first_gap.is_none() {
+                    dir.first_gap = first_gap;
+                }
+            }
+        }
+        for dd in 0..2 {
+            if c.dirs[dd].reasm.as_ref().is_some_and(|r| r.finished()) && c.first_fin.is_none() {
+                c.first_fin = Some(dd);
+            }
+        }
+        let finished = |dir: &Dir| dir.reasm.as_ref().is_some_and(|r| r.finished());
+        finished(&c.dirs[0]) && finished(&c.dirs[1])
+    }
+
+    /// Ends a connection: flushes both streams, reports what is still open, writes its record.
+    fn finish(&mut self, mut c: Conn, reason: Option<Close>, ctx: &mut Ctx<'_>) {
+        let now = c.last.max(ctx.ts);
+        if c.client.is_none() {
+            c.client = Some(guess_client(&c, 0, &[], &self.backends));
+        }
+        let client_dir = c.client.unwrap_or(0);
+        let (client, server) = if client_dir == 0 { (c.a, c.b) } else { (c.b, c.a) };
+        let mut session = c.session.take().unwrap_or_else(|| {
+            Session::new(Emitter::new(c.id, client, server), &self.limits, true, true)
+        });
+        // Deliver whatever is still buffered, holes as gaps.
+        for d in 0..2 {
+            let side = if d == client_dir { Side::Client } else { Side::Server };
+            let dir = &mut c.dirs[d];
+            if let Some(r) = dir.reasm.as_mut() {
+                let mut sink = SideSink {
+                    session: &mut session,
+                    side,
+                    ctx,
+                    server_ack: None,
+                    gaps: 0,
+                    first_gap: None,
+                    offset: r.next_offset(),
+                };
+                r.flush(&mut sink);
+                let (gaps, first_gap) = (sink.gaps, sink.first_gap);
+                dir.gaps += gaps;
+                if dir.first_gap.is_none() {
+                    dir.first_gap = first_gap;
+                }
+            }
+        }
+        // Resets end both streams at once.
+        if let Some(d) = c.rst_by {
+            let side = if d == client_dir { Side::Client } else { Side::Server };
+            match side {
+                Side::Client => session.client_close(CloseKind::Rst, ctx),
+                Side::Server => session.server_close(CloseKind::Rst, None, ctx),
+            }
+        }
+        let no_answer = c.syn.is_some() && !c.synack && !c.server_spoke;
+        if c.refused {
+            let syn = c.syn.as_ref();
+            let tries = syn.map_or(1, |s| s.count);
+            session.em.finding(
+                ctx,
+                Kind::ConnectRefused,
+                Severity::Error,
+                &ExRef::default(),
+                None,
+                format!("backend {server} refused the connection (RST to SYN)"),
+                evidence(json!({"syn_sent": tries})),
+            );
+        } else if no_answer && c.rst_by.is_none() {
+            if let Some(s) = &c.syn {
+                let waited = now.micros_since(s.at.0);
+                if s.count >= 2 || waited >= SYN_MIN_WAIT_US || reason == Some(Close::Evicted) {
+                    session.em.finding(
+                        ctx,
+                        Kind::ConnectTimeout,
+                        Severity::Error,
+                        &ExRef::default(),
+                        Some(s.at),
+                        format!(
+                            "SYN to {server} never answered ({} attempt(s) over {:.1} s)",
+                            s.count,
+                            s.last.micros_since(s.at.0) as f64 / 1e6
+                        ),
+                        evidence(json!({"syn_sent": s.count, "waited_ms": waited as f64 / 1000.0})),
+                    );
+                }
+            }
+        }
+        for d in 0..2 {
+            let side = if d == client_dir { Side::Client } else { Side::Server };
+            if let Some((since, frame)) = c.dirs[d].zero_since {
+                if !c.dirs[d].zero_reported {
+                    zero_window_finding(&mut session, side, since, frame, None, ctx);
+                }
+            }
+        }
+        let gap_total: u64 = c
+            .dirs
+            .iter()
+            .map(|d| d.reasm.as_ref().map_or(0, |r| r.gap_bytes))
+            .sum();
+        if gap_total > 0 {
+            let mut ev = serde_json::Map::new();
+            let mut first: Option<(Ts, u64)> = None;
+            for d in 0..2 {
+                let side = if d == client_dir { "to_server" } else { "to_client" };
+                let dir = &c.dirs[d];
+                let bytes = dir.reasm.as_ref().map_or(0, |r| r.gap_bytes);
+                if bytes > 0 {
+                    let (ts, frame, off) = dir.first_gap.unwrap_or((now, ctx.frame, 0));
+                    if first.is_none_or(|f| (ts, frame) < f) {
+                        first = Some((ts, frame));
+                    }
+                    ev.insert(
+                        side.to_string(),
+                        json!({"bytes": bytes, "gaps": dir.gaps, "first_at_offset": off}),
+                    );
+                }
+            }
+            self.stats.gap_bytes += gap_total;
+            session.em.finding(
+                ctx,
+                Kind::CaptureGap,
+                Severity::Warning,
+                &ExRef {
+                    low_confidence: true,
+                    ..ExRef::default()
+                },
+                first,
+                format!(
+                    "{gap_total} byte(s) of this connection are missing from the capture (not a backend fault: findings nearby have low confidence)"
+                ),
+                ev,
+            );
+        }
+        for d in &c.dirs {
+            if let Some(r) = &d.reasm {
+                self.stats.overlap_conflicts += r.overlap_conflicts;
+            }
+        }
+        session.finish(now, ctx);
+        let close = if c.refused {
+            Close::Refused
+        } else if no_answer && c.rst_by.is_none() {
+            Close::Unanswered
+        } else if let Some(d) = c.rst_by {
+            Close::Reset {
+                by: if d == client_dir { Side::Client } else { Side::Server },
+            }
+        } else if c.dirs[0].fin && c.dirs[1].fin {
+            Close::Fin {
+                first: if c.first_fin == Some(client_dir) {
+                    Side::Client
+                } else {
+                    Side::Server
+                },
+            }
+        } else if let Some(r) = reason {
+            r
+        } else if c.dirs[client_dir].fin {
+            Close::HalfClosed { by: Side::Client }
+        } else if c.dirs[1 - client_dir].fin {
+            Close::HalfClosed { by: Side::Server }
+        } else {
+            Close::CaptureEnd
+        };
+        let midstream = c.syn.is_none() && !c.synack;
+        let rec = record::Connection {
+            id: c.id,
+            client,
+            server,
+            start: c.start,
+            end: c.last,
+            close,
+            midstream,
+            bytes_to_server: c.dirs[client_dir].bytes,
+            bytes_to_client: c.dirs[1 - client_dir].bytes,
+            gap_bytes: gap_total,
+            packets: c.packets,
+            exchanges: session.exchanges,
+            findings: session.em.findings,
+            errors: session.em.errors,
+        };
+        session.em.push(ctx, Record::Connection(rec));
+    }
+
+    /// Evicts the connection closest to its idle deadline.
+    fn evict_one(&mut self, ctx: &mut Ctx<'_>) {
+        while let Some(Reverse((dl, id, key))) = self.deadlines.pop() {
+            let Some(entry) = self.conns.get(&key) else {
+                continue;
+            };
+            let current = self.deadline(entry);
+            let same = match entry {
+                Entry::Live(c) => c.id == id,
+                Entry::Closed { .. } => true,
+            };
+            if !same {
+                continue;
+            }
+            if current > dl {
+                self.deadlines.push(Reverse((current, id, key)));
+                continue;
+            }
+            match self.conns.remove(&key) {
+                Some(Entry::Live(c)) => {
+                    self.stats.evicted += 1;
+                    self.finish(*c, Some(Close::Evicted), ctx);
+                }
+                Some(Entry::Closed { .. }) | None => {}
+            }
+            return;
+        }
+    }
+
+    /// Packet time is now `now`: report slow waits and expire idle connections. Records come
+    /// out ordered by connection id, so the result does not depend on hash order.
+    pub fn tick(&mut self, now: Ts, ctx: &mut Ctx<'_>) {
+        let start = ctx.out.len();
+        let mut expired: Vec<(ConnId, Key)> = Vec::new();
+        while let Some(Reverse((dl, id, key))) = self.deadlines.peek().copied() {
+            if dl > now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(entry) = self.conns.get(&key) else {
+                continue;
+            };
+            if let Entry::Live(c) = entry {
+                if c.id != id {
+                    continue;
+                }
+            }
+            let current = self.deadline(entry);
+            if current > now {
+                self.deadlines.push(Reverse((current, id, key)));
+                continue;
+            }
+            match entry {
+                Entry::Closed { .. } => {
+                    self.conns.remove(&key);
+                }
+                Entry::Live(_) => expired.push((id, key)),
+            }
+        }
+        expired.sort_unstable();
+        for (_, key) in expired {
+            if let Some(Entry::Live(c)) = self.conns.remove(&key) {
+                self.stats.idle_expired += 1;
+                let syn_only = c.syn.is_some() && !c.synack && !c.server_spoke;
+                let reason = if syn_only { None } else { Some(Close::IdleTimeout) };
+                self.finish(*c, reason, ctx);
+            }
+        }
+        for e in self.conns.values_mut() {
+            if let Entry::Live(c) = e {
+                if let Some(s) = c.session.as_mut() {
+                    if s.response_owed() {
+                        s.tick(now, ctx);
+                    }
+                }
+            }
+        }
+        ctx.out[start..].sort_by_key(|(k, _)| *k);
+    }
+
+    /// End of input: finish every open connection, in connection order.
+    pub fn drain(&mut self, ctx: &mut Ctx<'_>) {
+        let mut live: Vec<(ConnId, Key)> = self
+            .conns
+            .iter()
+            .filter_map(|(k, e)| match e {
+                Entry::Live(c) => Some((c.id, *k)),
+                Entry::Closed { .. } => None,
+            })
+            .collect();
+        live.sort_unstable();
+        for (_, key) in live {
+            if let Some(Entry::Live(c)) = self.conns.remove(&key) {
+                self.finish(*c, Some(Close::CaptureEnd), ctx);
+            }
+        }
+        self.conns.clear();
+        self.deadlines.clear();
+    }
+}
+
+fn zero_window_finding(
+    s: &mut Session,
+    side: Side,
+    since: Ts,
+    frame: u64,
+    until: Option<Ts>,
+    ctx: &mut Ctx<'_>,
+) {
+    let who = match side {
+        Side::Client => "the proxy",
+        Side::Server => "the backend",
+    };
+    let (msg, stall) = match until {
+        Some(t) => {
+            let ms = t.ms_since(since);
+            (
+                format!("{who} advertised a zero receive window; the transfer stalled for {ms:.0} ms"),
+                Some(ms),
+            )
+        }
+        None => (
+            format!("{who} advertised a zero receive window and it never reopened"),
+            None,
+        ),
+    };
+    s.em.finding(
+        ctx,
+        Kind::ZeroWindow,
+        Severity::Warning,
+        &ExRef::default(),
+        Some((since, frame)),
+        msg,
+        evidence(json!({"receiver": side.as_str(), "stall_ms": stall})),
+    );
+}
+
+/// Decides which direction is client→server when the handshake was not seen: `--backend`
+/// first, then who speaks HTTP, then ports (the lower, or a well-known one, is the server).
+fn guess_client(c: &Conn, d: usize, payload: &[u8], backends: &[Backend]) -> usize {
+    let (src, dst) = if d == 0 { (c.a, c.b) } else { (c.b, c.a) };
+    if backends.iter().any(|b| b.matches(&dst)) {
+        return d;
+    }
+    if backends.iter().any(|b| b.matches(&src)) {
+        return 1 - d;
+    }
+    if payload.starts_with(b"HTTP/") {
+        return 1 - d;
+    }
+    const METHODS: &[&[u8]] = &[
+        b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
+        b"TRACE ",
+    ];
+    if METHODS.iter().any(|m| payload.starts_with(m)) {
+        return d;
+    }
+    if dst.port() < src.port() {
+        d
+    } else {
+        1 - d
+    }
+}

@@ -261,6 +261,12 @@ impl Parser {
         self.buf = Vec::new();
     }
 
+    /// Whether `step` has something to say even without more input (an `End` owed, or a
+    /// buffered head to parse).
+    pub fn owes_step(&self) -> bool {
+        self.pending_end || matches!(self.state, State::AwaitHeadParse)
+    }
+
     pub fn is_idle(&self) -> bool {
         matches!(self.state, State::Idle)
     }

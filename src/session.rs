@@ -1,1 +1,1046 @@
+//! One connection's HTTP conversation: pairs requests with responses (FIFO, pipelining and
+//! keep-alive included), times them from packet timestamps, and turns what the streams did
+//! into findings.
+//!
+//! The session is fed by the flow layer with in-order stream events per side (data, gap,
+//! close). It never sees packets and never reads a clock: every time is the `ts` of the packet
+//! that carried the event.
+//!
+//! Findings are attached to the exchange they explain. An exchange gets at most one *error*
+//! finding about how it ended: the first explanation wins (a keep-alive race explains the
+//! reset that follows it; a proxy timeout explains the backend's close after it).
 
+use crate::findings::{Confidence, Kind, Severity};
+use crate::h1::{self, escape, Framing, Parser, Position, Role, Step, Violation};
+use crate::limits::Limits;
+use crate::record::{self, ConnId, OrderKey, Outcome, Record, Side};
+use crate::time::Ts;
+use serde_json::{json, Map, Value};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+/// Where records go, and the packet that caused them.
+pub struct Ctx<'a> {
+    pub ts: Ts,
+    pub frame: u64,
+    /// The frame that orders the records produced now (see [`OrderKey`]).
+    pub key_frame: u64,
+    pub out: &'a mut Vec<(OrderKey, Record)>,
+}
+
+/// Builds records for one connection, numbering them in production order.
+#[derive(Debug)]
+pub struct Emitter {
+    pub id: ConnId,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    seq: u32,
+    pub findings: u32,
+    pub errors: u32,
+}
+
+/// The exchange a finding belongs to, as the finding shows it.
+#[derive(Clone, Debug, Default)]
+pub struct ExRef {
+    pub index: Option<u32>,
+    pub method: Option<String>,
+    pub target: Option<String>,
+    pub status: Option<u16>,
+    pub low_confidence: bool,
+}
+
+impl Emitter {
+    pub fn new(id: ConnId, client: SocketAddr, server: SocketAddr) -> Emitter {
+        Emitter {
+            id,
+            client,
+            server,
+            seq: 0,
+            findings: 0,
+            errors: 0,
+        }
+    }
+
+    pub fn push(&mut self, ctx: &mut Ctx<'_>, record: Record) {
+        let key = OrderKey {
+            frame: ctx.key_frame,
+            conn: self.id,
+            seq: self.seq,
+        };
+        self.seq += 1;
+        ctx.out.push((key, record));
+    }
+
+    /// Emits a finding. `at` overrides the packet time and frame (for findings about an
+    /// earlier moment, e.g. the moment a wait became slow).
+    #[allow(clippy::too_many_arguments)]
+    pub fn finding(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        kind: Kind,
+        severity: Severity,
+        ex: &ExRef,
+        at: Option<(Ts, u64)>,
+        message: String,
+        evidence: Map<String, Value>,
+    ) {
+        let (ts, frame) = at.unwrap_or((ctx.ts, ctx.frame));
+        self.findings += 1;
+        if severity == Severity::Error {
+            self.errors += 1;
+        }
+        let f = record::Finding {
+            kind,
+            severity,
+            confidence: if ex.low_confidence {
+                Confidence::Low
+            } else {
+                Confidence::High
+            },
+            conn: self.id,
+            exchange: ex.index,
+            ts,
+            frame,
+            client: self.client,
+            server: self.server,
+            method: ex.method.clone(),
+            target: ex.target.clone(),
+            status: ex.status,
+            message,
+            evidence,
+            hint: kind.hint(),
+        };
+        self.push(ctx, Record::Finding(f));
+    }
+}
+
+/// Turns a `json!({...})` object into evidence.
+pub fn evidence(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+#[derive(Debug, Default)]
+struct Exch {
+    index: u32,
+    method: Option<String>,
+    target: Option<String>,
+    status: Option<u16>,
+    /// A response with no request (unsolicited).
+    unsolicited: bool,
+    req_start: Option<(Ts, u64)>,
+    req_end: Option<(Ts, u64)>,
+    /// Offset of the request's first byte in the client stream.
+    req_offset: u64,
+    req_bytes: u64,
+    req_done: bool,
+    /// Time since the previous exchange on this connection ended (keep-alive reuse).
+    idle_before_us: Option<u64>,
+    resp_started: bool,
+    resp_start: Option<(Ts, u64)>,
+    resp_head_end: Option<Ts>,
+    resp_end: Option<Ts>,
+    resp_bytes: u64,
+    resp_done: bool,
+    framing: Option<Framing>,
+    outcome: Option<Outcome>,
+    /// An error finding explains how this exchange ended; no second one.
+    explained: bool,
+    slow_reported: bool,
+    gap: bool,
+    emitted: bool,
+}
+
+impl Exch {
+    fn exref(&self) -> ExRef {
+        ExRef {
+            index: Some(self.index),
+            method: self.method.clone(),
+            target: self.target.clone(),
+            status: self.status,
+            low_confidence: self.gap,
+        }
+    }
+}
+
+/// Bytes on the response side that no request explains.
+#[derive(Debug)]
+struct Excess {
+    bytes: u64,
+    at: (Ts, u64),
+    preview: String,
+    after: Option<u32>,
+}
+
+/// How a side ended its stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseKind {
+    Fin,
+    Rst,
+}
+
+impl CloseKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            CloseKind::Fin => "FIN",
+            CloseKind::Rst => "RST",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub em: Emitter,
+    req: Parser,
+    resp: Parser,
+    pending: VecDeque<Exch>,
+    next_index: u32,
+    /// Exchange records written.
+    pub exchanges: u32,
+    client_off: u64,
+    server_off: u64,
+    client_closed: Option<(Ts, u64, CloseKind)>,
+    server_closed: Option<(Ts, u64, CloseKind)>,
+    /// End of the last complete response (for keep-alive idle time).
+    last_response_end: Option<Ts>,
+    /// The response in progress is an interim (1xx) one.
+    interim: bool,
+    /// Start of the response message in progress.
+    msg_start: Option<(Ts, u64)>,
+    excess: Option<Excess>,
+    midstream: bool,
+    slow_first_byte_us: u64,
+    max_pending: usize,
+    pending_limit_hit: bool,
+}
+
+fn looks_like_response(data: &[u8]) -> bool {
+    let n = data.len().min(5);
+    data[..n] == b"HTTP/"[..n]
+}
+
+impl Session {
+    pub fn new(em: Emitter, limits: &Limits, midstream_client: bool, midstream_server: bool) -> Session {
+        let mut req = Parser::new(Role::Request, limits);
+        let mut resp = Parser::new(Role::Response, limits);
+        if midstream_client {
+            req.resync();
+        }
+        if midstream_server {
+            resp.resync();
+        }
+        Session {
+            em,
+            req,
+            resp,
+            pending: VecDeque::new(),
+            next_index: 1,
+            exchanges: 0,
+            client_off: 0,
+            server_off: 0,
+            client_closed: None,
+            server_closed: None,
+            last_response_end: None,
+            interim: false,
+            msg_start: None,
+            excess: None,
+            midstream: midstream_client || midstream_server,
+            slow_first_byte_us: limits.slow_first_byte_us,
+            max_pending: limits.max_pending,
+            pending_limit_hit: false,
+        }
+    }
+
+    /// Index in `pending` of the exchange the response side is answering.
+    fn answering(&self) -> Option<usize> {
+        self.pending.iter().position(|e| !e.resp_done)
+    }
+
+    /// Index of the exchange whose request is being received.
+    fn requesting(&self) -> Option<usize> {
+        self.pending
+            .iter()
+            .rposition(|e| !e.req_done && !e.unsolicited)
+    }
+
+    /// Whether any response is owed (a request was seen and its response did not complete).
+    pub fn response_owed(&self) -> bool {
+        self.pending
+            .iter()
+            .any(|e| !e.resp_done && !e.unsolicited && e.req_start.is_some())
+    }
+
+    // ---------------------------------------------------------------- client side
+
+    pub fn client_data(&mut self, data: &[u8], ctx: &mut Ctx<'_>) {
+        self.flush_excess(ctx);
+        let mut d = data;
+        while !d.is_empty() || self.req.owes_step() {
+            let before = d.len();
+            let (n, step) = self.req.step(d);
+            let offset = self.client_off + (data.len() - before) as u64;
+            d = &d[n..];
+            if let Some(i) = self.requesting() {
+                if !matches!(step, Step::Skipped(_)) {
+                    self.pending[i].req_bytes += n as u64;
+                }
+            }
+            match step {
+                Step::NeedMore => {
+                    if d.is_empty() {
+                        break;
+                    }
+                }
+                Step::MessageStart => self.request_start(offset, ctx),
+                Step::Head(h) => {
+                    if let Some(i) = self.requesting() {
+                        let e = &mut self.pending[i];
+                        e.method = h.method.clone();
+                        e.target = h.target.clone();
+                    }
+                    for v in h.violations.iter() {
+                        self.request_violation(v, ctx);
+                    }
+                }
+                Step::Body(_) | Step::Skipped(_) => {}
+                Step::End => {
+                    if let Some(i) = self.requesting() {
+                        let e = &mut self.pending[i];
+                        e.req_end = Some((ctx.ts, ctx.frame));
+                        e.req_done = true;
+                    }
+                    self.retire();
+                }
+                Step::Violation(v) | Step::Broken(v) => self.request_violation(&v, ctx),
+            }
+        }
+        self.client_off += data.len() as u64;
+    }
+
+    fn request_start(&mut self, offset: u64, ctx: &mut Ctx<'_>) {
+        if self.pending.len() >= self.max_pending {
+            if !self.pending_limit_hit {
+                self.pending_limit_hit = true;
+                let msg = format!(
+                    "more than {} requests waiting for responses on one connection; older ones are no longer tracked",
+                    self.max_pending
+                );
+                self.em.finding(
+                    ctx,
+                    Kind::LimitReached,
+                    Kind::LimitReached.severity(),
+                    &ExRef::default(),
+                    None,
+                    msg,
+                    evidence(json!({"limit": "max_pending", "value": self.max_pending})),
+                );
+            }
+            if let Some(old) = self.pending.pop_front() {
+                self.emit_exchange(old, Outcome::InFlight, ctx);
+            }
+        }
+        let index = self.next_index;
+        self.next_index += 1;
+        let mut e = Exch {
+            index,
+            req_start: Some((ctx.ts, ctx.frame)),
+            req_offset: offset,
+            idle_before_us: self.last_response_end.map(|t| ctx.ts.micros_since(t)),
+            ..Exch::default()
+        };
+        // The backend closed its side before this request was sent: the proxy reused a
+        // connection that was already going away.
+        if let Some((closed_ts, _, how)) = self.server_closed {
+            let reused = index > 1 || self.midstream;
+            e.explained = true;
+            e.outcome = Some(Outcome::NoResponse);
+            let before_ms = ctx.ts.ms_since(closed_ts);
+            if reused {
+                let msg = format!(
+                    "request sent on a reused keep-alive connection {before_ms:.1} ms after the backend closed it ({}); the backend never saw it",
+                    how.as_str()
+                );
+                let ev = evidence(json!({
+                    "idle_before_request_ms": e.idle_before_us.map(|u| u as f64 / 1000.0),
+                    "server_close": how.as_str(),
+                    "server_close_before_request_ms": before_ms,
+                    "exchange_on_connection": index,
+                }));
+                self.em.finding(
+                    ctx,
+                    Kind::KeepaliveRace,
+                    Severity::Error,
+                    &e.exref(),
+                    None,
+                    msg,
+                    ev,
+                );
+            } else {
+                let kind = if how == CloseKind::Rst {
+                    Kind::ResetBeforeResponse
+                } else {
+                    Kind::ClosedBeforeResponse
+                };
+                let msg = format!(
+                    "backend closed the connection ({}) {before_ms:.1} ms before the first request was sent",
+                    how.as_str()
+                );
+                self.em.finding(
+                    ctx,
+                    kind,
+                    Severity::Error,
+                    &e.exref(),
+                    None,
+                    msg,
+                    evidence(json!({"server_close": how.as_str(), "server_close_before_request_ms": before_ms})),
+                );
+            }
+        }
+        self.pending.push_back(e);
+    }
+
+    fn request_violation(&mut self, v: &Violation, ctx: &mut Ctx<'_>) {
+        let ex = self
+            .requesting()
+            .or(self.pending.len().checked_sub(1))
+            .map(|i| self.pending[i].exref())
+            .unwrap_or_default();
+        let (kind, msg, ev) = match v {
+            Violation::Limit { which, limit } => (
+                Kind::LimitReached,
+                format!("request exceeded gatescope's {which} limit ({limit}); the rest of this connection's requests are not parsed"),
+                json!({"limit": which, "value": limit}),
+            ),
+            other => (
+                Kind::MalformedRequest,
+                format!("malformed request from the proxy: {}", describe_violation(other)),
+                violation_evidence(other),
+            ),
+        };
+        self.em
+            .finding(ctx, kind, kind.severity(), &ex, None, msg, evidence(ev));
+    }
+
+    // ---------------------------------------------------------------- server side
+
+    pub fn server_data(&mut self, data: &[u8], ctx: &mut Ctx<'_>) {
+        let mut d = data;
+        loop {
+            if self.resp.is_idle() && !d.is_empty() && self.answering().is_none() && !looks_like_response(d) {
+                self.excess_bytes(d, ctx);
+                break;
+            }
+            let (n, step) = self.resp.step(d);
+            d = &d[n..];
+            if let Some(i) = self.answering() {
+                if !matches!(step, Step::Skipped(_)) {
+                    self.pending[i].resp_bytes += n as u64;
+                }
+            }
+            match step {
+                Step::NeedMore => {
+                    if d.is_empty() {
+                        break;
+                    }
+                }
+                Step::MessageStart => self.response_start(ctx),
+                Step::Head(h) => self.response_head(*h, ctx),
+                Step::Body(_) | Step::Skipped(_) => {}
+                Step::End => self.response_end(ctx),
+                Step::Violation(v) => self.response_violation(&v, false, ctx),
+                Step::Broken(v) => self.response_violation(&v, true, ctx),
+            }
+            if d.is_empty() && !self.resp.owes_step() {
+                break;
+            }
+        }
+        self.server_off += data.len() as u64;
+    }
+
+    fn excess_bytes(&mut self, d: &[u8], ctx: &mut Ctx<'_>) {
+        // Stray line ends between messages are tolerated by every parser (RFC 9112 §2.2 asks
+        // recipients to ignore them before a request line); they explain nothing.
+        if self.excess.is_none() && d.iter().all(|&b| b == b'\r' || b == b'\n') {
+            return;
+        }
+        match &mut self.excess {
+            Some(x) => x.bytes += d.len() as u64,
+            None => {
+                let after = self.pending.back().map(|e| e.index).or(if self.next_index > 1 {
+                    Some(self.next_index - 1)
+                } else {
+                    None
+                });
+                self.excess = Some(Excess {
+                    bytes: d.len() as u64,
+                    at: (ctx.ts, ctx.frame),
+                    preview: escape(&d[..d.len().min(48)]),
+                    after,
+                })
+            }
+        }
+    }
+
+    fn flush_excess(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(x) = self.excess.take() else {
+            return;
+        };
+        let msg = format!(
+            "backend sent {} byte(s) after the end of a response that no request explains",
+            x.bytes
+        );
+        let ex = ExRef {
+            index: x.after,
+            ..ExRef::default()
+        };
+        self.em.finding(
+            ctx,
+            Kind::ExcessData,
+            Severity::Warning,
+            &ex,
+            Some(x.at),
+            msg,
+            evidence(json!({"bytes": x.bytes, "first_bytes": x.preview})),
+        );
+    }
+
+    fn response_start(&mut self, ctx: &mut Ctx<'_>) {
+        self.msg_start = Some((ctx.ts, ctx.frame));
+        if self.answering().is_none() {
+            let index = self.next_index;
+            self.next_index += 1;
+            self.pending.push_back(Exch {
+                index,
+                unsolicited: true,
+                req_done: true,
+                explained: true,
+                ..Exch::default()
+            });
+        }
+        if let Some(i) = self.answering() {
+            let e = &mut self.pending[i];
+            if !e.resp_started {
+                e.resp_started = true;
+            }
+        }
+    }
+
+    fn response_head(&mut self, h: h1::Head, ctx: &mut Ctx<'_>) {
+        let Some(i) = self.answering() else {
+            return;
+        };
+        let status = h.status.unwrap_or(0);
+        if (100..200).contains(&status) && status != 101 {
+            self.interim = true;
+            self.resp.set_framing(Framing::None);
+            return;
+        }
+        let start = self.msg_start.unwrap_or((ctx.ts, ctx.frame));
+        let slow_us = self.slow_first_byte_us;
+        let e = &mut self.pending[i];
+        e.status = h.status;
+        e.resp_start.get_or_insert(start);
+        e.resp_head_end = Some(ctx.ts);
+        let framing = h1::response_framing(&h, e.method.as_deref());
+        e.framing = Some(framing);
+        self.resp.set_framing(framing);
+        if framing == Framing::Tunnel {
+            e.outcome = Some(Outcome::Upgraded);
+        }
+        let ex = e.exref();
+        // Slow first byte: measured from the request's last byte to the response's first.
+        if let (Some((req_end, req_frame)), false) = (e.req_end, e.slow_reported) {
+            if start.0.micros_since(req_end) > slow_us {
+                e.slow_reported = true;
+                self.slow_finding(ex.clone(), req_end, req_frame, ctx);
+            }
+        }
+        let unsolicited = self.pending[i].unsolicited;
+        if unsolicited {
+            let first_ever = self.midstream && self.exchanges == 0;
+            let sev = if first_ever {
+                Severity::Info
+            } else {
+                Severity::Warning
+            };
+            let msg = if first_ever {
+                format!("response {status} with no request seen (the connection was picked up mid-stream)")
+            } else {
+                format!("backend sent a response ({status}) with no request pending")
+            };
+            self.em.finding(
+                ctx,
+                Kind::UnsolicitedResponse,
+                sev,
+                &ex,
+                Some(start),
+                msg,
+                evidence(json!({"status": status, "midstream": self.midstream})),
+            );
+        }
+        for v in &h.violations {
+            self.response_violation(v, false, ctx);
+        }
+        if (502..=504).contains(&status) {
+            self.em.finding(
+                ctx,
+                Kind::BackendErrorStatus,
+                Severity::Info,
+                &ex,
+                None,
+                format!("the backend itself answered {status}; the gateway only passed it on"),
+                evidence(json!({"status": status})),
+            );
+        }
+    }
+
+    fn slow_finding(&mut self, ex: ExRef, req_end: Ts, req_frame: u64, ctx: &mut Ctx<'_>) {
+        let threshold = self.slow_first_byte_us;
+        let at = Ts(req_end.0.saturating_add(threshold as i64));
+        self.em.finding(
+            ctx,
+            Kind::SlowFirstByte,
+            Severity::Warning,
+            &ex,
+            Some((at, req_frame)),
+            format!(
+                "no response byte within {:.0} ms of the request's last byte",
+                threshold as f64 / 1000.0
+            ),
+            evidence(json!({"threshold_ms": threshold as f64 / 1000.0, "request_end": req_end.to_string()})),
+        );
+    }
+
+    fn response_end(&mut self, ctx: &mut Ctx<'_>) {
+        self.msg_start = None;
+        if std::mem::take(&mut self.interim) {
+            return;
+        }
+        let Some(i) = self.answering() else {
+            return;
+        };
+        let e = &mut self.pending[i];
+        e.resp_end = Some(ctx.ts);
+        e.resp_done = true;
+        let outcome = match e.outcome {
+            Some(o) => o,
+            None if e.gap => Outcome::CaptureGap,
+            None => Outcome::Complete,
+        };
+        e.outcome = Some(outcome);
+        self.last_response_end = Some(ctx.ts);
+        self.emit_at(i, ctx);
+        self.retire();
+    }
+
+    fn response_violation(&mut self, v: &Violation, fatal: bool, ctx: &mut Ctx<'_>) {
+        let Some(i) = self.answering().or_else(|| {
+            // A broken start with nothing pending: attach to a new unsolicited exchange.
+            self.response_start(ctx);
+            self.answering()
+        }) else {
+            return;
+        };
+        let e = &mut self.pending[i];
+        let (kind, msg) = match v {
+            Violation::MalformedStatusLine { .. } => (
+                Kind::MalformedStatusLine,
+                "response does not start with a valid status line (HTTP/x.y NNN)".to_string(),
+            ),
+            Violation::MalformedHeader { reason, .. } => {
+                (Kind::MalformedHeader, format!("invalid response header: {reason}"))
+            }
+            Violation::HeadTooLarge { limit } => (
+                Kind::HeadTooLarge,
+                format!("response head larger than {limit} bytes (the proxy's header buffer)"),
+            ),
+            Violation::InvalidContentLength { value } => (
+                Kind::InvalidContentLength,
+                format!("invalid Content-Length: {value}"),
+            ),
+            Violation::DuplicateContentLength { first, second } => (
+                Kind::DuplicateContentLength,
+                format!("two Content-Length headers: {first} and {second}"),
+            ),
+            Violation::ContentLengthWithChunked { .. } => (
+                Kind::ContentLengthWithChunked,
+                "Content-Length and Transfer-Encoding in the same response".to_string(),
+            ),
+            Violation::UnsupportedTransferEncoding { value } => (
+                Kind::UnsupportedTransferEncoding,
+                format!("Transfer-Encoding \"{value}\" (only \"chunked\" is accepted)"),
+            ),
+            Violation::InvalidChunk { .. } => {
+                (Kind::InvalidChunk, "invalid chunk in a chunked body".to_string())
+            }
+            Violation::MalformedRequest { reason, .. } => {
+                (Kind::MalformedRequest, format!("malformed message: {reason}"))
+            }
+            Violation::Limit { which, limit } => (
+                Kind::LimitReached,
+                format!("response exceeded gatescope's {which} limit ({limit}); the rest of this connection is not parsed"),
+            ),
+        };
+        let severity = kind.severity();
+        if severity == Severity::Error {
+            e.explained = true;
+            if fatal {
+                e.outcome = Some(Outcome::Invalid);
+            }
+        }
+        if fatal && kind == Kind::LimitReached {
+            e.outcome.get_or_insert(Outcome::Invalid);
+        }
+        let ex = e.exref();
+        self.em
+            .finding(ctx, kind, severity, &ex, None, msg, evidence(violation_evidence(v)));
+    }
+
+    // ---------------------------------------------------------------- gaps and closes
+
+    pub fn gap(&mut self, side: Side, len: u64, _ctx: &mut Ctx<'_>) {
+        match side {
+            Side::Client => {
+                if let Some(i) = self.requesting() {
+                    self.pending[i].gap = true;
+                }
+                self.req.gap(len);
+                self.client_off += len;
+            }
+            Side::Server => {
+                let in_message = !self.resp.is_idle();
+                if let Some(i) = self.answering() {
+                    if in_message || self.pending[i].req_start.is_some() {
+                        self.pending[i].gap = true;
+                    }
+                }
+                if !self.resp.gap(len) {
+                    if let Some(i) = self.answering() {
+                        if in_message {
+                            let e = &mut self.pending[i];
+                            e.outcome = Some(Outcome::CaptureGap);
+                        }
+                    }
+                }
+                self.server_off += len;
+            }
+        }
+    }
+
+    /// The client (proxy) side ended its stream.
+    pub fn client_close(&mut self, how: CloseKind, ctx: &mut Ctx<'_>) {
+        if self.client_closed.is_none() {
+            self.client_closed = Some((ctx.ts, ctx.frame, how));
+        }
+        if how == CloseKind::Rst && self.server_closed.is_none() {
+            self.abandon(how, ctx);
+        }
+    }
+
+    /// The proxy gave up on owed responses.
+    fn abandon(&mut self, how: CloseKind, ctx: &mut Ctx<'_>) {
+        let (close_ts, _, _) = self.client_closed.unwrap_or((ctx.ts, ctx.frame, how));
+        for i in 0..self.pending.len() {
+            let e = &self.pending[i];
+            if e.resp_done || e.unsolicited || e.explained || e.req_start.is_none() {
+                continue;
+            }
+            let since = e.req_end.or(e.req_start).map_or(0.0, |(t, _)| close_ts.ms_since(t));
+            let phase = if e.resp_started {
+                "while the response was arriving"
+            } else {
+                "before any response byte"
+            };
+            let msg = format!(
+                "the proxy closed the connection ({}) {phase}, {since:.0} ms after the request: a proxy timeout (504) or a client abort (499)",
+                how.as_str()
+            );
+            let e = &mut self.pending[i];
+            e.explained = true;
+            e.outcome = Some(Outcome::Abandoned);
+            let ex = e.exref();
+            let ev = evidence(json!({
+                "client_close": how.as_str(),
+                "waited_ms": since,
+                "response_started": e.resp_started,
+                "response_bytes": e.resp_bytes,
+            }));
+            let at = self.client_closed.map(|(t, f, _)| (t, f));
+            self.em
+                .finding(ctx, Kind::AbandonedByClient, Severity::Error, &ex, at, msg, ev);
+        }
+    }
+
+    /// The server side ended its stream. `ack` is the server's acknowledgement of the client
+    /// stream at that moment (as a client-stream offset), if the segment carried one.
+    pub fn server_close(&mut self, how: CloseKind, ack: Option<u64>, ctx: &mut Ctx<'_>) {
+        if self.server_closed.is_some() {
+            return;
+        }
+        self.server_closed = Some((ctx.ts, ctx.frame, how));
+        self.flush_excess(ctx);
+        if self.client_closed.is_some() && self.response_owed() {
+            let how_client = self.client_closed.map_or(CloseKind::Fin, |c| c.2);
+            self.abandon(how_client, ctx);
+        }
+        let pos = self.resp.position();
+        // A close-delimited body ends normally with FIN.
+        if let (Position::InBody { framing: Framing::UntilClose, .. }, CloseKind::Fin) = (pos, how) {
+            self.response_end(ctx);
+            return;
+        }
+        let Some(i) = self.answering() else {
+            return;
+        };
+        if self.pending[i].explained || self.pending[i].unsolicited {
+            if matches!(pos, Position::InBody { .. } | Position::InHead { .. }) {
+                self.pending[i].outcome.get_or_insert(Outcome::TruncatedBody);
+            }
+            return;
+        }
+        let e = &mut self.pending[i];
+        let ended_by = format!("server {}", how.as_str());
+        match pos {
+            Position::Idle => {
+                if e.req_start.is_none() {
+                    return;
+                }
+                e.explained = true;
+                e.outcome = Some(Outcome::NoResponse);
+                let reused = e.index > 1 || self.midstream;
+                // The close did not acknowledge any byte of the request: it was sent before
+                // the backend saw the request, i.e. it crossed the request on the wire.
+                let crossed = ack.is_some_and(|a| a <= e.req_offset);
+                let since_req = e.req_start.map_or(0.0, |(t, _)| ctx.ts.ms_since(t));
+                let ex = e.exref();
+                if reused && crossed {
+                    let msg = format!(
+                        "the backend closed ({}) an idle keep-alive connection just as the proxy reused it; the close crossed the request on the wire",
+                        how.as_str()
+                    );
+                    let ev = evidence(json!({
+                        "idle_before_request_ms": e.idle_before_us.map(|u| u as f64 / 1000.0),
+                        "server_close": how.as_str(),
+                        "server_close_after_request_ms": since_req,
+                        "request_acknowledged": false,
+                        "exchange_on_connection": e.index,
+                    }));
+                    self.em
+                        .finding(ctx, Kind::KeepaliveRace, Severity::Error, &ex, None, msg, ev);
+                } else {
+                    let kind = match how {
+                        CloseKind::Rst => Kind::ResetBeforeResponse,
+                        CloseKind::Fin => Kind::ClosedBeforeResponse,
+                    };
+                    let what = match how {
+                        CloseKind::Rst => "reset the connection",
+                        CloseKind::Fin => "closed the connection",
+                    };
+                    let msg = format!(
+                        "backend {what} {since_req:.0} ms after the request, before sending any response byte"
+                    );
+                    let ev = evidence(json!({
+                        "ended_by": ended_by,
+                        "after_request_ms": since_req,
+                        "request_complete": e.req_done,
+                        "exchange_on_connection": e.index,
+                        "idle_before_request_ms": e.idle_before_us.map(|u| u as f64 / 1000.0),
+                    }));
+                    self.em.finding(ctx, kind, Severity::Error, &ex, None, msg, ev);
+                }
+            }
+            Position::InHead { bytes } => {
+                e.explained = true;
+                e.outcome = Some(Outcome::TruncatedHead);
+                let ex = e.exref();
+                let msg = format!(
+                    "response head cut off after {bytes} byte(s) by a {}",
+                    how.as_str()
+                );
+                self.em.finding(
+                    ctx,
+                    Kind::TruncatedHead,
+                    Severity::Error,
+                    &ex,
+                    None,
+                    msg,
+                    evidence(json!({"head_bytes": bytes, "ended_by": ended_by})),
+                );
+            }
+            Position::InBody {
+                framing,
+                expected,
+                received,
+            } => {
+                e.explained = true;
+                e.outcome = Some(Outcome::TruncatedBody);
+                let ex = e.exref();
+                let msg = match (framing, expected) {
+                    (Framing::Length(_), Some(exp)) => format!(
+                        "body cut off by a {} after {received} of {exp} bytes (Content-Length)",
+                        how.as_str()
+                    ),
+                    (Framing::Chunked, _) => format!(
+                        "chunked body cut off by a {} after {received} bytes, before the last chunk",
+                        how.as_str()
+                    ),
+                    _ => format!(
+                        "close-delimited body ended by a {} after {received} bytes",
+                        how.as_str()
+                    ),
+                };
+                let ev = evidence(json!({
+                    "framing": framing.describe(),
+                    "expected": expected,
+                    "received": received,
+                    "ended_by": ended_by,
+                }));
+                self.em
+                    .finding(ctx, Kind::TruncatedBody, Severity::Error, &ex, None, msg, ev);
+            }
+            Position::Lost | Position::Tunnel => {}
+        }
+    }
+
+    /// Packet time advanced to `now` with no event on this connection: report waits that have
+    /// become slow, so that live mode shows them while the response is still missing.
+    pub fn tick(&mut self, now: Ts, ctx: &mut Ctx<'_>) {
+        let slow_us = self.slow_first_byte_us;
+        for i in 0..self.pending.len() {
+            let e = &self.pending[i];
+            if e.resp_started || e.slow_reported || e.unsolicited {
+                continue;
+            }
+            if let Some((req_end, frame)) = e.req_end {
+                if now.micros_since(req_end) > slow_us {
+                    let ex = e.exref();
+                    self.pending[i].slow_reported = true;
+                    self.slow_finding(ex, req_end, frame, ctx);
+                }
+            }
+        }
+    }
+
+    /// The connection is over: report what is still open and write the remaining exchanges.
+    pub fn finish(&mut self, now: Ts, ctx: &mut Ctx<'_>) {
+        self.flush_excess(ctx);
+        self.tick(now, ctx);
+        if self.client_closed.is_some() && self.server_closed.is_none() && self.response_owed() {
+            let how = self.client_closed.map_or(CloseKind::Fin, |c| c.2);
+            self.abandon(how, ctx);
+        }
+        while let Some(e) = self.pending.pop_front() {
+            if e.emitted {
+                continue;
+            }
+            let outcome = e.outcome.unwrap_or(if e.gap {
+                Outcome::CaptureGap
+            } else if e.resp_started {
+                Outcome::InFlight
+            } else if self.server_closed.is_some() || self.client_closed.is_some() {
+                Outcome::NoResponse
+            } else {
+                Outcome::InFlight
+            });
+            self.emit_exchange(e, outcome, ctx);
+        }
+    }
+
+    fn emit_at(&mut self, i: usize, ctx: &mut Ctx<'_>) {
+        let e = std::mem::take(&mut self.pending[i]);
+        let outcome = e.outcome.unwrap_or(Outcome::Complete);
+        let (index, req_done) = (e.index, e.req_done);
+        self.emit_exchange(e, outcome, ctx);
+        // Keep a placeholder so request-side bookkeeping of a still-streaming request holds.
+        let p = &mut self.pending[i];
+        p.index = index;
+        p.req_done = req_done;
+        p.resp_done = true;
+        p.emitted = true;
+    }
+
+    /// Drops exchanges that are done on both sides from the front of the queue.
+    fn retire(&mut self) {
+        while self
+            .pending
+            .front()
+            .is_some_and(|e| e.emitted && e.req_done)
+        {
+            self.pending.pop_front();
+        }
+    }
+
+    fn emit_exchange(&mut self, e: Exch, outcome: Outcome, ctx: &mut Ctx<'_>) {
+        self.exchanges += 1;
+        let ttfb_ms = match (e.req_end, e.resp_start) {
+            (Some((a, _)), Some((b, _))) => Some(b.ms_since(a)),
+            _ => None,
+        };
+        let rec = record::Exchange {
+            conn: self.em.id,
+            index: e.index,
+            client: self.em.client,
+            server: self.em.server,
+            method: e.method,
+            target: e.target,
+            status: e.status,
+            request_start: e.req_start.map(|x| x.0),
+            request_end: e.req_end.map(|x| x.0),
+            response_start: e.resp_start.map(|x| x.0),
+            response_head_end: e.resp_head_end,
+            response_end: e.resp_end,
+            ttfb_ms,
+            request_bytes: e.req_bytes,
+            response_bytes: e.resp_bytes,
+            outcome,
+        };
+        self.em.push(ctx, Record::Exchange(rec));
+    }
+}
+
+/// One line for a violation, for messages.
+pub fn describe_violation(v: &Violation) -> String {
+    match v {
+        Violation::MalformedStatusLine { line } => format!("bad status line \"{line}\""),
+        Violation::MalformedHeader { reason, line } | Violation::MalformedRequest { reason, line } => {
+            format!("{reason}: \"{line}\"")
+        }
+        Violation::HeadTooLarge { limit } => format!("head larger than {limit} bytes"),
+        Violation::InvalidContentLength { value } => format!("invalid Content-Length \"{value}\""),
+        Violation::DuplicateContentLength { first, second } => {
+            format!("duplicate Content-Length {first} / {second}")
+        }
+        Violation::ContentLengthWithChunked {
+            content_length,
+            transfer_encoding,
+        } => format!("Content-Length {content_length} with Transfer-Encoding {transfer_encoding}"),
+        Violation::UnsupportedTransferEncoding { value } => {
+            format!("unsupported Transfer-Encoding \"{value}\"")
+        }
+        Violation::InvalidChunk { line } => format!("invalid chunk \"{line}\""),
+        Violation::Limit { which, limit } => format!("{which} limit {limit} reached"),
+    }
+}
+
+fn violation_evidence(v: &Violation) -> Value {
+    match v {
+        Violation::MalformedStatusLine { line } => json!({"line": line}),
+        Violation::MalformedHeader { reason, line } | Violation::MalformedRequest { reason, line } => {
+            json!({"reason": reason, "line": line})
+        }
+        Violation::HeadTooLarge { limit } => json!({"limit_bytes": limit}),
+        Violation::InvalidContentLength { value } => json!({"content_length": value}),
+        Violation::DuplicateContentLength { first, second } => {
+            json!({"first": first, "second": second})
+        }
+        Violation::ContentLengthWithChunked {
+            content_length,
+            transfer_encoding,
+        } => json!({"content_length": content_length, "transfer_encoding": transfer_encoding}),
+        Violation::UnsupportedTransferEncoding { value } => json!({"transfer_encoding": value}),
+        Violation::InvalidChunk { line } => json!({"line": line}),
+        Violation::Limit { which, limit } => json!({"limit": which, "value": limit}),
+    }
+}

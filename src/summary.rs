@@ -1,1 +1,279 @@
+//! The run's totals: what was read, what was lost, what was found, per backend. Built from the
+//! record stream (so it always agrees with what was printed) plus the reader's and the flow
+//! tables' counters.
 
+use crate::findings::{Kind, Severity};
+use crate::flow::FlowStats;
+use crate::record::Record;
+use crate::time::Ts;
+use indexmap::IndexMap;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// A log-bucketed histogram of microsecond values: 8 buckets per power of two (relative
+/// error under 12.5 %), fixed size, so percentiles cost no memory per sample.
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    pub n: u64,
+    pub max: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram {
+            counts: vec![0; 8 + 61 * 8],
+            n: 0,
+            max: 0,
+        }
+    }
+}
+
+impl Histogram {
+    fn bucket(v: u64) -> usize {
+        if v < 8 {
+            return v as usize;
+        }
+        let e = 63 - v.leading_zeros() as usize;
+        let m = ((v >> (e - 3)) & 7) as usize;
+        8 + (e - 3) * 8 + m
+    }
+
+    fn bucket_mid(i: usize) -> u64 {
+        if i < 8 {
+            return i as u64;
+        }
+        let e = (i - 8) / 8 + 3;
+        let m = ((i - 8) % 8) as u64;
+        let lo = (8 + m) << (e - 3);
+        lo + (1u64 << (e - 3)) / 2
+    }
+
+    pub fn add(&mut self, v: u64) {
+        let i = Self::bucket(v).min(self.counts.len() - 1);
+        self.counts[i] += 1;
+        self.n += 1;
+        self.max = self.max.max(v);
+    }
+
+    /// The value at quantile `q` (0..=1), approximately.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        if self.n == 0 {
+            return None;
+        }
+        let rank = ((q * self.n as f64).ceil() as u64).clamp(1, self.n);
+        let mut seen = 0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Self::bucket_mid(i).min(self.max));
+            }
+        }
+        Some(self.max)
+    }
+
+    pub fn merge(&mut self, o: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a += b;
+        }
+        self.n += o.n;
+        self.max = self.max.max(o.max);
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct BackendStats {
+    pub connections: u64,
+    pub exchanges: u64,
+    pub errors: u64,
+    pub warnings: u64,
+    pub findings: BTreeMap<Kind, u64>,
+    pub ttfb_us: Histogram,
+}
+
+/// What the reader saw.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReadStats {
+    pub files: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub tcp_packets: u64,
+    pub non_tcp_packets: u64,
+    pub malformed_packets: u64,
+    /// Frames cut by the snaplen (their missing payload became capture gaps).
+    pub snaplen_cut_frames: u64,
+    /// libpcap statistics in live mode.
+    pub kernel_received: Option<u64>,
+    pub kernel_dropped: Option<u64>,
+    pub interface_dropped: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub read: ReadStats,
+    pub flow: FlowStats,
+    pub first_ts: Option<Ts>,
+    pub last_ts: Option<Ts>,
+    pub connections: u64,
+    pub exchanges: u64,
+    pub findings: BTreeMap<Kind, u64>,
+    pub by_severity: BTreeMap<Severity, u64>,
+    pub low_confidence: u64,
+    pub backends: IndexMap<SocketAddr, BackendStats>,
+    /// Problems with the input (unreadable file, truncated record...), one line each.
+    pub input_errors: Vec<String>,
+    /// Lines worth a user's attention about the run itself (drops, limits).
+    pub warnings: Vec<String>,
+}
+
+/// Distinct backends tracked in the summary; more are folded into the last one.
+const MAX_BACKENDS: usize = 4096;
+
+impl Summary {
+    fn backend(&mut self, addr: SocketAddr) -> &mut BackendStats {
+        let n = self.backends.len();
+        if n >= MAX_BACKENDS && !self.backends.contains_key(&addr) {
+            return &mut self.backends[n - 1];
+        }
+        self.backends.entry(addr).or_default()
+    }
+
+    pub fn observe(&mut self, r: &Record) {
+        match r {
+            Record::Finding(f) => {
+                *self.findings.entry(f.kind).or_default() += 1;
+                *self.by_severity.entry(f.severity).or_default() += 1;
+                if f.confidence == crate::findings::Confidence::Low {
+                    self.low_confidence += 1;
+                }
+                let b = self.backend(f.server);
+                *b.findings.entry(f.kind).or_default() += 1;
+                match f.severity {
+                    Severity::Error => b.errors += 1,
+                    Severity::Warning => b.warnings += 1,
+                    Severity::Info => {}
+                }
+            }
+            Record::Exchange(e) => {
+                self.exchanges += 1;
+                let b = self.backend(e.server);
+                b.exchanges += 1;
+                if let Some(ms) = e.ttfb_ms {
+                    b.ttfb_us.add((ms * 1000.0).round() as u64);
+                }
+            }
+            Record::Connection(c) => {
+                self.connections += 1;
+                self.backend(c.server).connections += 1;
+                self.first_ts = Some(self.first_ts.map_or(c.start, |t| t.min(c.start)));
+                self.last_ts = Some(self.last_ts.map_or(c.end, |t| t.max(c.end)));
+            }
+        }
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.by_severity.get(&Severity::Error).copied().unwrap_or(0)
+    }
+
+    /// Lines about the completeness of the analysis, for both report formats.
+    pub fn completeness_notes(&self) -> Vec<String> {
+        let mut v = self.warnings.clone();
+        if let Some(d) = self.read.kernel_dropped.filter(|&d| d > 0) {
+            v.push(format!(
+                "the kernel dropped {d} packet(s) during the capture: findings may be incomplete (raise the buffer with --buffer-size or filter harder with -f)"
+            ));
+        }
+        if let Some(d) = self.read.interface_dropped.filter(|&d| d > 0) {
+            v.push(format!("the interface dropped {d} packet(s): findings may be incomplete"));
+        }
+        if self.flow.gap_bytes > 0 {
+            v.push(format!(
+                "{} byte(s) were missing from the capture (capture gaps); findings that touch them have confidence: low",
+                self.flow.gap_bytes
+            ));
+        }
+        if self.read.snaplen_cut_frames > 0 {
+            v.push(format!(
+                "{} frame(s) were cut by the snaplen; capture with -s 0 to see whole packets",
+                self.read.snaplen_cut_frames
+            ));
+        }
+        if self.flow.evicted > 0 {
+            v.push(format!(
+                "{} connection(s) were evicted to stay within --max-connections",
+                self.flow.evicted
+            ));
+        }
+        if self.flow.ooo_overflows > 0 {
+            v.push(format!(
+                "the out-of-order buffer overflowed {} time(s) (--max-ooo-bytes); holes were treated as capture gaps",
+                self.flow.ooo_overflows
+            ));
+        }
+        v
+    }
+
+    /// The `"summary"` JSON record.
+    pub fn to_json(&self) -> serde_json::Value {
+        let backends: Vec<serde_json::Value> = self
+            .backends
+            .iter()
+            .map(|(addr, b)| {
+                let q = |p: f64| b.ttfb_us.quantile(p).map(|us| us as f64 / 1000.0);
+                serde_json::json!({
+                    "server": addr.to_string(),
+                    "connections": b.connections,
+                    "exchanges": b.exchanges,
+                    "errors": b.errors,
+                    "warnings": b.warnings,
+                    "findings": b.findings.iter().map(|(k, n)| (k.name().to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
+                    "ttfb_ms": {"p50": q(0.5), "p95": q(0.95), "p99": q(0.99), "max": if b.ttfb_us.n > 0 { Some(b.ttfb_us.max as f64 / 1000.0) } else { None }},
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "type": "summary",
+            "first_ts": self.first_ts.map(|t| t.to_string()),
+            "last_ts": self.last_ts.map(|t| t.to_string()),
+            "read": self.read,
+            "connections": self.connections,
+            "exchanges": self.exchanges,
+            "findings": self.findings.iter().map(|(k, n)| (k.name().to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
+            "errors": self.errors(),
+            "warnings": self.by_severity.get(&Severity::Warning).copied().unwrap_or(0),
+            "low_confidence": self.low_confidence,
+            "tcp": {
+                "midstream_connections": self.flow.midstream,
+                "retransmitted_bytes": self.flow.retransmitted_bytes,
+                "out_of_order_segments": self.flow.out_of_order_segments,
+                "overlap_conflicts": self.flow.overlap_conflicts,
+                "gap_bytes": self.flow.gap_bytes,
+                "evicted_connections": self.flow.evicted,
+                "idle_expired_connections": self.flow.idle_expired,
+                "ooo_overflows": self.flow.ooo_overflows,
+                "late_packets": self.flow.late_packets,
+            },
+            "backends": backends,
+            "input_errors": self.input_errors,
+            "notes": self.completeness_notes(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_are_close() {
+        let mut h = Histogram::default();
+        for v in 1..=10_000u64 {
+            h.add(v * 100);
+        }
+        let p50 = h.quantile(0.5).unwrap() as f64;
+        assert!((p50 - 500_000.0).abs() / 500_000.0 < 0.13, "{p50}");
+        assert_eq!(h.quantile(1.0), Some(1_000_000));
+        assert_eq!(Histogram::default().quantile(0.5), None);
+    }
+}

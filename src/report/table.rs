@@ -1,0 +1,287 @@
+//! The human report: a summary (what was read, findings by kind, per-backend first-byte
+//! times), then one block per connection that has findings, with its exchanges, each finding's
+//! evidence, what the gateway would have logged, and a Wireshark filter to open it.
+//!
+//! Connection blocks are collected while the run goes (exchanges and findings per block are
+//! capped) and printed after the summary; the JSON output is the unabridged record.
+
+use crate::findings::Severity;
+use crate::pipeline::Output;
+use crate::record::{Connection, Exchange, Finding, Record};
+use crate::summary::Summary;
+use crate::time::Ts;
+use rustc_hash::FxHashMap;
+use std::io::{self, Write};
+use tabled::settings::Style;
+use tabled::{builder::Builder, Table};
+
+const MAX_EXCHANGES_SHOWN: usize = 40;
+const MAX_FINDINGS_SHOWN: usize = 40;
+const MAX_BLOCKS: usize = 1000;
+
+#[derive(Default)]
+struct Block {
+    exchanges: Vec<Exchange>,
+    more_exchanges: u64,
+    findings: Vec<Finding>,
+    more_findings: u64,
+}
+
+pub struct TableReport<W: Write + Send> {
+    w: W,
+    all: bool,
+    open: FxHashMap<u64, Block>,
+    done: Vec<(Connection, Block)>,
+    more_blocks: u64,
+}
+
+impl<W: Write + Send> TableReport<W> {
+    /// `all`: show connections without findings too.
+    pub fn new(w: W, all: bool) -> Self {
+        TableReport {
+            w,
+            all,
+            open: FxHashMap::default(),
+            done: Vec::new(),
+            more_blocks: 0,
+        }
+    }
+}
+
+fn short_time(t: Ts) -> String {
+    // 2026-11-24T01:42:31.123456Z -> 01:42:31.123456
+    let s = t.to_string();
+    s.get(11..26).unwrap_or(&s).to_string()
+}
+
+fn ms(v: Option<f64>) -> String {
+    match v {
+        Some(x) if x >= 1000.0 => format!("{:.2} s", x / 1000.0),
+        Some(x) => format!("{x:.1} ms"),
+        None => "-".into(),
+    }
+}
+
+fn table(b: Builder) -> String {
+    let mut t: Table = b.build();
+    t.with(Style::sharp());
+    t.to_string()
+}
+
+fn indent(s: &str, by: &str) -> String {
+    s.lines()
+        .map(|l| format!("{by}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl<W: Write + Send> Output for TableReport<W> {
+    fn record(&mut self, r: &Record) -> io::Result<()> {
+        match r {
+            Record::Finding(f) => {
+                let b = self.open.entry(f.conn).or_default();
+                if b.findings.len() < MAX_FINDINGS_SHOWN {
+                    b.findings.push(f.clone());
+                } else {
+                    b.more_findings += 1;
+                }
+            }
+            Record::Exchange(e) => {
+                let b = self.open.entry(e.conn).or_default();
+                if b.exchanges.len() < MAX_EXCHANGES_SHOWN {
+                    b.exchanges.push(e.clone());
+                } else {
+                    b.more_exchanges += 1;
+                }
+            }
+            Record::Connection(c) => {
+                let b = self.open.remove(&c.id).unwrap_or_default();
+                if self.all || !b.findings.is_empty() {
+                    if self.done.len() < MAX_BLOCKS {
+                        self.done.push((c.clone(), b));
+                    } else {
+                        self.more_blocks += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        let w = &mut self.w;
+        let span = match (s.first_ts, s.last_ts) {
+            (Some(a), Some(b)) => format!("{a} → {b}"),
+            _ => "no connections".into(),
+        };
+        writeln!(
+            w,
+            "gatescope: {} packets ({} TCP), {} connections, {} exchanges, {} error(s), {} warning(s)\ncapture: {span}",
+            s.read.packets,
+            s.read.tcp_packets,
+            s.connections,
+            s.exchanges,
+            s.errors(),
+            s.by_severity.get(&Severity::Warning).copied().unwrap_or(0),
+        )?;
+        if !s.findings.is_empty() {
+            let mut b = Builder::default();
+            b.push_record(["finding", "severity", "count", "what the gateway did"]);
+            for (k, n) in &s.findings {
+                let h = k.hint();
+                let status = if h.nginx_status > 0 {
+                    format!("nginx {} · HAProxy {} · Envoy {}", h.nginx_status, h.haproxy, h.envoy)
+                } else {
+                    format!("nginx passes it · HAProxy {} · Envoy {}", h.haproxy, h.envoy)
+                };
+                b.push_record([
+                    k.name().to_string(),
+                    k.severity().as_str().to_string(),
+                    n.to_string(),
+                    status,
+                ]);
+            }
+            writeln!(w, "\n{}", table(b))?;
+        } else {
+            writeln!(w, "\nno findings")?;
+        }
+        if !s.backends.is_empty() {
+            let mut b = Builder::default();
+            b.push_record([
+                "backend", "conns", "exchanges", "errors", "warnings", "ttfb p50", "p95", "p99",
+                "max",
+            ]);
+            for (addr, st) in &s.backends {
+                let q = |p: f64| ms(st.ttfb_us.quantile(p).map(|u| u as f64 / 1000.0));
+                b.push_record([
+                    addr.to_string(),
+                    st.connections.to_string(),
+                    st.exchanges.to_string(),
+                    st.errors.to_string(),
+                    st.warnings.to_string(),
+                    q(0.5),
+                    q(0.95),
+                    q(0.99),
+                    ms((st.ttfb_us.n > 0).then(|| st.ttfb_us.max as f64 / 1000.0)),
+                ]);
+            }
+            writeln!(w, "\n{}", table(b))?;
+        }
+        let notes = s.completeness_notes();
+        for e in &s.input_errors {
+            writeln!(w, "input error: {e}")?;
+        }
+        for n in notes {
+            writeln!(w, "note: {n}")?;
+        }
+        for (c, b) in &self.done {
+            write_block(w, c, b)?;
+        }
+        if self.more_blocks > 0 {
+            writeln!(
+                w,
+                "\n… and {} more connection(s) with findings; use --format json for all of them",
+                self.more_blocks
+            )?;
+        }
+        w.flush()
+    }
+}
+
+fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block) -> io::Result<()> {
+    writeln!(
+        w,
+        "\n── connection {}  {} → {}  {} – {}  {}{}",
+        c.id,
+        c.client,
+        c.server,
+        short_time(c.start),
+        short_time(c.end),
+        c.close.describe(),
+        if c.midstream { "  (picked up mid-stream)" } else { "" }
+    )?;
+    writeln!(
+        w,
+        "   {} packets, {} B to server, {} B to client{}",
+        c.packets,
+        c.bytes_to_server,
+        c.bytes_to_client,
+        if c.gap_bytes > 0 {
+            format!(", {} B missing from the capture", c.gap_bytes)
+        } else {
+            String::new()
+        }
+    )?;
+    writeln!(
+        w,
+        "   wireshark: {}",
+        super::wireshark_filter(&c.client, &c.server)
+    )?;
+    if !b.exchanges.is_empty() {
+        let mut t = Builder::default();
+        t.push_record(["#", "method", "target", "status", "first byte", "req B", "resp B", "outcome"]);
+        for e in &b.exchanges {
+            let outcome = serde_json::to_value(e.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            t.push_record([
+                e.index.to_string(),
+                e.method.clone().unwrap_or_else(|| "-".into()),
+                e.target.clone().unwrap_or_else(|| "-".into()),
+                e.status.map_or("-".into(), |s| s.to_string()),
+                ms(e.ttfb_ms),
+                e.request_bytes.to_string(),
+                e.response_bytes.to_string(),
+                outcome,
+            ]);
+        }
+        writeln!(w, "{}", indent(&table(t), "   "))?;
+        if b.more_exchanges > 0 {
+            writeln!(w, "   … {} more exchange(s)", b.more_exchanges)?;
+        }
+    }
+    for f in &b.findings {
+        let sev = f.severity.as_str().to_uppercase();
+        let ex = f.exchange.map_or(String::new(), |i| format!(" exchange {i}"));
+        let low = if f.confidence == crate::findings::Confidence::Low {
+            " [low confidence: capture gap]"
+        } else {
+            ""
+        };
+        writeln!(
+            w,
+            "   {sev} {}{ex} at {} (frame {}){low}\n      {}",
+            f.kind,
+            short_time(f.ts),
+            f.frame,
+            f.message
+        )?;
+        if !f.evidence.is_empty() {
+            let ev: Vec<String> = f
+                .evidence
+                .iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(s) => format!("{k}=\"{s}\""),
+                    other => format!("{k}={other}"),
+                })
+                .collect();
+            writeln!(w, "      evidence: {}", ev.join(" "))?;
+        }
+        let h = f.hint;
+        let status = if h.nginx_status > 0 {
+            format!(" → {}", h.nginx_status)
+        } else {
+            String::new()
+        };
+        writeln!(
+            w,
+            "      nginx: {}{status} · HAProxy: {} · Envoy: {}",
+            h.nginx, h.haproxy, h.envoy
+        )?;
+    }
+    if b.more_findings > 0 {
+        writeln!(w, "   … {} more finding(s)", b.more_findings)?;
+    }
+    Ok(())
+}
