@@ -92,7 +92,10 @@ pub enum Decoded<'a> {
 pub fn decode(link: i32, data: &[u8], orig_len: u32) -> Decoded<'_> {
     let lax = match link {
         linktype::ETHERNET => match LaxSlicedPacket::from_ethernet(data) {
-            Ok(p) => p,
+            Ok(p) => match pppoe_payload(&p) {
+                Some((ether_type, ip)) => LaxSlicedPacket::from_ether_type(ether_type, ip),
+                None => p,
+            },
             Err(_) => return Decoded::Malformed("frame shorter than an Ethernet header"),
         },
         linktype::LINUX_SLL => {
@@ -139,6 +142,32 @@ pub fn decode(link: i32, data: &[u8], orig_len: u32) -> Decoded<'_> {
         _ => return Decoded::Malformed("unsupported link type"),
     };
     from_lax(lax, orig_len.saturating_sub(data.len() as u32))
+}
+
+/// PPPoE session frames (EtherType 0x8864) carry IP after a 6-byte PPPoE header and a 2-byte
+/// PPP protocol field; etherparse stops at the EtherType, so step over them here.
+fn pppoe_payload<'a>(p: &LaxSlicedPacket<'a>) -> Option<(EtherType, &'a [u8])> {
+    if p.net.is_some() {
+        return None;
+    }
+    let payload = match p.link_exts.last() {
+        Some(etherparse::LaxLinkExtSlice::Vlan(v)) => v.payload(),
+        _ => match &p.link {
+            Some(etherparse::LinkSlice::Ethernet2(e)) => e.payload(),
+            _ => return None,
+        },
+    };
+    if payload.ether_type != EtherType(0x8864) {
+        return None;
+    }
+    let body = payload.payload;
+    let proto = u16::from_be_bytes([*body.get(6)?, *body.get(7)?]);
+    let ether_type = match proto {
+        0x0021 => EtherType::IPV4,
+        0x0057 => EtherType::IPV6,
+        _ => return None,
+    };
+    Some((ether_type, body.get(8..)?))
 }
 
 fn from_lax(p: LaxSlicedPacket<'_>, cut: u32) -> Decoded<'_> {

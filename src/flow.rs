@@ -405,16 +405,16 @@ impl FlowTable {
         };
         if c.session.is_none() {
             let (client, server) = if client_dir == 0 { (c.a, c.b) } else { (c.b, c.a) };
-            let mid_c = c.dirs[client_dir].reasm.is_none() || c.syn.is_none();
-            let mid_s = c.dirs[1 - client_dir].reasm.is_none() || !c.synack;
-            if mid_c || mid_s {
+            // Without the handshake, both streams may start in the middle of a message.
+            let midstream = c.syn.is_none() && !c.synack;
+            if midstream {
                 stats.midstream += 1;
             }
             c.session = Some(Session::new(
                 Emitter::new(c.id, client, server),
                 limits,
-                mid_c && c.syn.is_none(),
-                mid_s && !c.synack,
+                midstream,
+                midstream,
             ));
         }
         let side = if d == client_dir { Side::Client } else { Side::Server };

@@ -267,6 +267,12 @@ impl Parser {
         self.pending_end || matches!(self.state, State::AwaitHeadParse)
     }
 
+    /// The connection left HTTP (101, CONNECT): everything from now on is tunnelled bytes.
+    pub fn tunnel(&mut self) {
+        self.state = State::Tunnel;
+        self.pending_end = false;
+    }
+
     pub fn is_idle(&self) -> bool {
         matches!(self.state, State::Idle)
     }
@@ -666,7 +672,19 @@ impl Parser {
         }
         self.state = State::AwaitFraming;
         if self.role == Role::Request {
-            // A request's framing does not depend on anything else (RFC 9112 §6.3).
+            // A request's framing does not depend on anything else (RFC 9112 §6.3). Requests
+            // whose length is ambiguous (smuggling material) cannot be framed: stop here,
+            // as a server answering 400 and closing would.
+            let ambiguous = head.violations.iter().any(|v| match v {
+                Violation::DuplicateContentLength { first, second } => first != second,
+                Violation::ContentLengthWithChunked { .. }
+                | Violation::InvalidContentLength { .. } => true,
+                _ => false,
+            }) || (head.transfer_encoding.is_some() && !head.chunked);
+            if ambiguous {
+                self.state = State::Broken;
+                return Step::Head(Box::new(head));
+            }
             let f = request_framing(&head);
             self.set_framing(f);
             // `End` for a bodiless request comes after the caller saw the head.

@@ -211,6 +211,8 @@ pub struct Session {
     msg_start: Option<(Ts, u64)>,
     excess: Option<Excess>,
     midstream: bool,
+    /// The server sent bytes after the client's FIN: that FIN was a half-close, not an abort.
+    server_spoke_after_client_fin: bool,
     slow_first_byte_us: u64,
     max_pending: usize,
     pending_limit_hit: bool,
@@ -247,6 +249,7 @@ impl Session {
             msg_start: None,
             excess: None,
             midstream: midstream_client || midstream_server,
+            server_spoke_after_client_fin: false,
             slow_first_byte_us: limits.slow_first_byte_us,
             max_pending: limits.max_pending,
             pending_limit_hit: false,
@@ -426,6 +429,9 @@ impl Session {
     // ---------------------------------------------------------------- server side
 
     pub fn server_data(&mut self, data: &[u8], ctx: &mut Ctx<'_>) {
+        if self.client_closed.is_some() {
+            self.server_spoke_after_client_fin = true;
+        }
         let mut d = data;
         loop {
             if self.resp.is_idle() && !d.is_empty() && self.answering().is_none() && !looks_like_response(d) {
@@ -548,6 +554,8 @@ impl Session {
         self.resp.set_framing(framing);
         if framing == Framing::Tunnel {
             e.outcome = Some(Outcome::Upgraded);
+            // The request side leaves HTTP too (WebSocket frames, a CONNECT tunnel).
+            self.req.tunnel();
         }
         let ex = e.exref();
         // Slow first byte: measured from the request's last byte to the response's first.
@@ -717,12 +725,18 @@ impl Session {
                     }
                 }
                 if !self.resp.gap(len) {
+                    // The response (or its start) is lost: what happened to it is unknown.
+                    // It is a capture gap, never a truncation or a missing response.
                     if let Some(i) = self.answering() {
-                        if in_message {
-                            let e = &mut self.pending[i];
+                        let e = &mut self.pending[i];
+                        if in_message || e.req_start.is_some() {
                             e.outcome = Some(Outcome::CaptureGap);
+                            e.explained = true;
+                            e.resp_started = true;
                         }
                     }
+                    self.interim = false;
+                    self.msg_start = None;
                 }
                 self.server_off += len;
             }
@@ -781,7 +795,7 @@ impl Session {
         }
         self.server_closed = Some((ctx.ts, ctx.frame, how));
         self.flush_excess(ctx);
-        if self.client_closed.is_some() && self.response_owed() {
+        if self.client_closed.is_some() && !self.server_spoke_after_client_fin && self.response_owed() {
             let how_client = self.client_closed.map_or(CloseKind::Fin, |c| c.2);
             self.abandon(how_client, ctx);
         }
@@ -927,7 +941,11 @@ impl Session {
     pub fn finish(&mut self, now: Ts, ctx: &mut Ctx<'_>) {
         self.flush_excess(ctx);
         self.tick(now, ctx);
-        if self.client_closed.is_some() && self.server_closed.is_none() && self.response_owed() {
+        if self.client_closed.is_some()
+            && self.server_closed.is_none()
+            && !self.server_spoke_after_client_fin
+            && self.response_owed()
+        {
             let how = self.client_closed.map_or(CloseKind::Fin, |c| c.2);
             self.abandon(how, ctx);
         }
