@@ -1,0 +1,144 @@
+//! The command line as a user meets it: exit codes, broken input files, standard input,
+//! closed pipes, bad flags. Each test is one scenario and checks what the user sees.
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn write_tmp(name: &str, bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).expect("write");
+    (dir, p)
+}
+
+#[test]
+fn clean_capture_exits_0_with_one_complete_exchange() {
+    let pcap = pcap_bytes(101, &simple_conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    let (_d, p) = write_tmp("ok.pcap", &pcap);
+    let (code, recs, _) = analyze_json(&[&p], &[]);
+    assert_eq!(code, 0);
+    let ex = of_type(&recs, "exchange");
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0]["outcome"], "complete");
+    assert_eq!(ex[0]["status"], 200);
+    assert!(finding_set(&recs).is_empty());
+}
+
+#[test]
+fn error_finding_exits_1() {
+    // Content-Length 10, 2 bytes, then the backend's FIN: a truncated body.
+    let pcap = pcap_bytes(101, &conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok", true));
+    let (_d, p) = write_tmp("trunc.pcap", &pcap);
+    let (code, recs, _) = analyze_json(&[&p], &[]);
+    assert_eq!(code, 1);
+    assert_eq!(finding_set(&recs), vec![("truncated_body".to_string(), 1)]);
+    let f = &of_type(&recs, "finding")[0];
+    assert_eq!(f["evidence"]["expected"], 10);
+    assert_eq!(f["evidence"]["received"], 2);
+}
+
+#[test]
+fn zero_length_file_is_named_and_exits_2() {
+    let (_d, p) = write_tmp("empty.pcap", b"");
+    let (code, _, err) = analyze_json(&[&p], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("empty.pcap") && err.contains("empty file"), "{err}");
+}
+
+#[test]
+fn file_that_is_not_a_capture_is_named_and_exits_2() {
+    let (_d, p) = write_tmp("notes.txt", b"this is not a capture at all, just text\n");
+    let (code, _, err) = analyze_json(&[&p], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("notes.txt") && err.contains("not a readable pcap"), "{err}");
+}
+
+#[test]
+fn truncated_capture_keeps_results_before_the_cut_and_exits_2() {
+    let mut pcap = pcap_bytes(101, &simple_conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    // Cut in the middle of the last record.
+    pcap.truncate(pcap.len() - 20);
+    let (_d, p) = write_tmp("cut.pcap", &pcap);
+    let (code, recs, err) = analyze_json(&[&p], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cut.pcap") && err.contains("record 7"), "{err}");
+    // The exchange completed before the cut is still reported.
+    assert_eq!(of_type(&recs, "exchange").len(), 1);
+    assert_eq!(of_type(&recs, "summary").len(), 1);
+}
+
+#[test]
+fn unknown_link_type_is_named_and_other_files_still_analysed() {
+    let bad = pcap_bytes(147, &[(0, vec![1, 2, 3, 4])]);
+    let good = pcap_bytes(101, &simple_conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    let (_d1, pb) = write_tmp("usb.pcap", &bad);
+    let (_d2, pg) = write_tmp("good.pcap", &good);
+    let (code, recs, err) = analyze_json(&[&pb, &pg], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("usb.pcap") && err.contains("unsupported link type 147"), "{err}");
+    assert_eq!(of_type(&recs, "exchange").len(), 1);
+}
+
+#[test]
+fn standard_input_is_read_with_dash() {
+    let pcap = pcap_bytes(101, &simple_conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    let mut child = Command::new(bin())
+        .args(["analyze", "--format", "json", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().expect("stdin").write_all(&pcap).expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().filter(|l| l.contains("\"type\":\"exchange\"")).count(), 1);
+}
+
+#[test]
+fn bad_flag_exits_2_with_usage() {
+    let out = run(&["analyze", "--slow-first-byte", "soon", "x.pcap"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a duration"));
+}
+
+#[test]
+fn closed_pipe_ends_quietly() {
+    // Many connections so output exceeds the pipe buffer; the reader closes after one line.
+    let mut pkts = Vec::new();
+    for i in 0..300u32 {
+        let mut conv = simple_conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        for (k, (ts, p)) in conv.iter_mut().enumerate() {
+            *ts += i64::from(i) * 10_000 + k as i64;
+            // Distinct client ports: rewrite the source/dest port of client packets.
+            let port = (40000 + i as u16).to_be_bytes();
+            let ihl = ((p[0] & 0x0f) * 4) as usize;
+            let from_client = p[12..16] == [10, 0, 0, 1];
+            let at = if from_client { ihl } else { ihl + 2 };
+            p[at..at + 2].copy_from_slice(&port);
+        }
+        pkts.extend(conv);
+    }
+    let pcap = pcap_bytes(101, &pkts);
+    let (_d, p) = write_tmp("many.pcap", &pcap);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} analyze --format json --all {} | head -n 1", bin(), p.display()))
+        .output()
+        .expect("sh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
+
+#[test]
+fn proxy_closing_first_on_an_incomplete_body_is_abandonment() {
+    // Same bytes, but the proxy closes first and the backend sends nothing more.
+    let pcap = pcap_bytes(101, &conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok", false));
+    let (_d, p) = write_tmp("abandon.pcap", &pcap);
+    let (code, recs, _) = analyze_json(&[&p], &[]);
+    assert_eq!(code, 1);
+    assert_eq!(finding_set(&recs), vec![("abandoned_by_client".to_string(), 1)]);
+}
