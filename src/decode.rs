@@ -171,25 +171,45 @@ fn pppoe_payload<'a>(p: &LaxSlicedPacket<'a>) -> Option<(EtherType, &'a [u8])> {
 }
 
 fn from_lax(p: LaxSlicedPacket<'_>, cut: u32) -> Decoded<'_> {
-    let (src_ip, dst_ip, fragmented) = match &p.net {
+    // Bytes of the IP payload the header declares but the capture does not hold (snaplen):
+    // taken from the IP length, not the frame length, so link trailers and padding never count.
+    let (src_ip, dst_ip, fragmented, missing) = match &p.net {
         Some(LaxNetSlice::Ipv4(v4)) => {
             let h = v4.header();
+            let pl = v4.payload();
+            let declared = usize::from(h.total_len()).saturating_sub(usize::from(h.ihl()) * 4);
+            let missing = if pl.incomplete && h.total_len() > 0 {
+                declared.saturating_sub(pl.payload.len())
+            } else {
+                0
+            };
             (
                 IpAddr::V4(h.source_addr()),
                 IpAddr::V4(h.destination_addr()),
-                v4.payload().fragmented,
+                pl.fragmented,
+                missing,
             )
         }
         Some(LaxNetSlice::Ipv6(v6)) => {
             let h = v6.header();
+            let pl = v6.payload();
+            let declared = usize::from(h.payload_length())
+                .saturating_sub(v6.extensions().slice().len());
+            let missing = if pl.incomplete && h.payload_length() > 0 {
+                declared.saturating_sub(pl.payload.len())
+            } else {
+                0
+            };
             (
                 IpAddr::V6(h.source_addr()),
                 IpAddr::V6(h.destination_addr()),
-                v6.payload().fragmented,
+                pl.fragmented,
+                missing,
             )
         }
         _ => return Decoded::Other,
     };
+    let _ = cut;
     if fragmented {
         return Decoded::Other;
     }
@@ -215,7 +235,7 @@ fn from_lax(p: LaxSlicedPacket<'_>, cut: u32) -> Decoded<'_> {
                 flags: Flags(flags),
                 window: tcp.window_size(),
                 payload: tcp.payload(),
-                missing: cut,
+                missing: u32::try_from(missing).unwrap_or(u32::MAX),
             })
         }
         Some(_) => Decoded::Other,

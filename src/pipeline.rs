@@ -140,12 +140,12 @@ impl Analyzer {
 fn classify<'a>(read: &mut ReadStats, link: i32, data: &'a [u8], orig_len: u32) -> Option<Segment<'a>> {
     read.packets += 1;
     read.bytes += u64::from(orig_len);
-    if (data.len() as u32) < orig_len {
-        read.snaplen_cut_frames += 1;
-    }
     match decode::decode(link, data, orig_len) {
         Decoded::Tcp(seg) => {
             read.tcp_packets += 1;
+            if seg.missing > 0 {
+                read.snaplen_cut_frames += 1;
+            }
             Some(seg)
         }
         Decoded::Other => {
