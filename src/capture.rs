@@ -14,8 +14,12 @@ pub fn read_file(path: &str, filter: Option<&str>, analyzer: &mut Analyzer) -> R
     if path != "-" {
         match std::fs::metadata(path) {
             Err(e) => return Err(format!("{shown}: cannot open: {e}")),
-            Ok(m) if m.is_dir() => return Err(format!("{shown}: is a directory, not a capture file")),
-            Ok(m) if m.len() == 0 => return Err(format!("{shown}: empty file (0 bytes): not a capture")),
+            Ok(m) if m.is_dir() => {
+                return Err(format!("{shown}: is a directory, not a capture file"))
+            }
+            Ok(m) if m.len() == 0 => {
+                return Err(format!("{shown}: empty file (0 bytes): not a capture"))
+            }
             Ok(_) => {}
         }
     }

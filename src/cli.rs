@@ -130,6 +130,10 @@ pub struct Common {
     /// Connections idle this long (packet time) are closed and reported.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     pub idle_timeout: std::time::Duration,
+    /// Print the values of Authorization, Proxy-Authorization, Cookie and Set-Cookie headers in
+    /// evidence (hidden by default).
+    #[arg(long)]
+    pub show_secrets: bool,
 }
 
 fn parse_tag(s: &str) -> Result<(String, String), String> {
@@ -153,10 +157,11 @@ impl Common {
             max_pending: self.max_pending.max(1),
             idle_timeout_us: self.idle_timeout.as_micros() as u64,
             slow_first_byte_us: self.slow_first_byte.as_micros() as u64,
+            show_secrets: self.show_secrets,
         };
-        let threads = self.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        });
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         Config {
             limits: Arc::new(limits),
             backends: Arc::new(self.backends.clone()),
@@ -173,7 +178,11 @@ impl Common {
                     .iter()
                     .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                     .collect();
-                Box::new(JsonLines::new(io::BufWriter::with_capacity(1 << 16, stdout), extra, live))
+                Box::new(JsonLines::new(
+                    io::BufWriter::with_capacity(1 << 16, stdout),
+                    extra,
+                    live,
+                ))
             }
             Format::Table => Box::new(TableReport::new(io::BufWriter::new(stdout), self.all)),
         }
@@ -271,7 +280,10 @@ fn open_live(args: &LiveArgs) -> Result<pcap::Capture<pcap::Active>, String> {
                 "cannot capture on '{}': {msg}. Live capture needs root or the CAP_NET_RAW and CAP_NET_ADMIN capabilities: run it with sudo, or `sudo setcap cap_net_raw,cap_net_admin=eip $(command -v gatescope)`",
                 args.interface
             )
-        } else if msg.contains("No such device") || msg.contains("doesn't exist") || msg.contains("no such") {
+        } else if msg.contains("No such device")
+            || msg.contains("doesn't exist")
+            || msg.contains("no such")
+        {
             let names: Vec<String> = pcap::Device::list()
                 .map(|v| v.into_iter().map(|d| d.name).collect())
                 .unwrap_or_default();
@@ -312,7 +324,10 @@ pub fn live(args: &LiveArgs) -> Outcome {
     }
     let link = cap.get_datalink().0;
     if !crate::decode::linktype::supported(link) {
-        eprintln!("gatescope: interface '{}' has link type {link}, which gatescope cannot decode", args.interface);
+        eprintln!(
+            "gatescope: interface '{}' has link type {link}, which gatescope cannot decode",
+            args.interface
+        );
         return Outcome::Failed;
     }
     let mut save = match &args.write {

@@ -193,8 +193,8 @@ fn from_lax(p: LaxSlicedPacket<'_>, cut: u32) -> Decoded<'_> {
         Some(LaxNetSlice::Ipv6(v6)) => {
             let h = v6.header();
             let pl = v6.payload();
-            let declared = usize::from(h.payload_length())
-                .saturating_sub(v6.extensions().slice().len());
+            let declared =
+                usize::from(h.payload_length()).saturating_sub(v6.extensions().slice().len());
             let missing = if pl.incomplete && h.payload_length() > 0 {
                 declared.saturating_sub(pl.payload.len())
             } else {

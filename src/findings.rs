@@ -281,10 +281,7 @@ mod test {
     fn names_round_trip_and_are_snake_case() {
         for &k in Kind::ALL {
             assert_eq!(Kind::from_name(k.name()), Some(k));
-            assert!(k
-                .name()
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c == '_'));
+            assert!(k.name().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
         }
     }
 }

@@ -404,7 +404,11 @@ impl FlowTable {
             return false;
         };
         if c.session.is_none() {
-            let (client, server) = if client_dir == 0 { (c.a, c.b) } else { (c.b, c.a) };
+            let (client, server) = if client_dir == 0 {
+                (c.a, c.b)
+            } else {
+                (c.b, c.a)
+            };
             // Without the handshake, both streams may start in the middle of a message.
             let midstream = c.syn.is_none() && !c.synack;
             if midstream {
@@ -417,7 +421,11 @@ impl FlowTable {
                 midstream,
             ));
         }
-        let side = if d == client_dir { Side::Client } else { Side::Server };
+        let side = if d == client_dir {
+            Side::Client
+        } else {
+            Side::Server
+        };
         if side == Side::Server && has_payload {
             c.server_spoke = true;
         }
@@ -467,7 +475,11 @@ impl FlowTable {
             None
         };
         if has_payload || flags.fin() {
-            let seq = if flags.syn() { seg.seq.wrapping_add(1) } else { seg.seq };
+            let seq = if flags.syn() {
+                seg.seq.wrapping_add(1)
+            } else {
+                seg.seq
+            };
             let dir = &mut c.dirs[d];
             dir.bytes += seg.payload.len() as u64;
             if let Some(r) = dir.reasm.as_mut() {
@@ -555,13 +567,21 @@ impl FlowTable {
             c.client = Some(guess_client(&c, 0, &[], &self.backends));
         }
         let client_dir = c.client.unwrap_or(0);
-        let (client, server) = if client_dir == 0 { (c.a, c.b) } else { (c.b, c.a) };
+        let (client, server) = if client_dir == 0 {
+            (c.a, c.b)
+        } else {
+            (c.b, c.a)
+        };
         let mut session = c.session.take().unwrap_or_else(|| {
             Session::new(Emitter::new(c.id, client, server), &self.limits, true, true)
         });
         // Deliver whatever is still buffered, holes as gaps.
         for d in 0..2 {
-            let side = if d == client_dir { Side::Client } else { Side::Server };
+            let side = if d == client_dir {
+                Side::Client
+            } else {
+                Side::Server
+            };
             let dir = &mut c.dirs[d];
             if let Some(r) = dir.reasm.as_mut() {
                 let mut sink = SideSink {
@@ -583,7 +603,11 @@ impl FlowTable {
         }
         // Resets end both streams at once.
         if let Some(d) = c.rst_by {
-            let side = if d == client_dir { Side::Client } else { Side::Server };
+            let side = if d == client_dir {
+                Side::Client
+            } else {
+                Side::Server
+            };
             match side {
                 Side::Client => session.client_close(CloseKind::Rst, ctx),
                 Side::Server => session.server_close(CloseKind::Rst, None, ctx),
@@ -623,7 +647,11 @@ impl FlowTable {
             }
         }
         for d in 0..2 {
-            let side = if d == client_dir { Side::Client } else { Side::Server };
+            let side = if d == client_dir {
+                Side::Client
+            } else {
+                Side::Server
+            };
             if let Some((since, frame)) = c.dirs[d].zero_since {
                 if !c.dirs[d].zero_reported {
                     zero_window_finding(&mut session, side, since, frame, None, ctx);
@@ -639,7 +667,11 @@ impl FlowTable {
             let mut ev = serde_json::Map::new();
             let mut first: Option<(Ts, u64)> = None;
             for d in 0..2 {
-                let side = if d == client_dir { "to_server" } else { "to_client" };
+                let side = if d == client_dir {
+                    "to_server"
+                } else {
+                    "to_client"
+                };
                 let dir = &c.dirs[d];
                 let bytes = dir.reasm.as_ref().map_or(0, |r| r.gap_bytes);
                 if bytes > 0 {
@@ -681,7 +713,11 @@ impl FlowTable {
             Close::Unanswered
         } else if let Some(d) = c.rst_by {
             Close::Reset {
-                by: if d == client_dir { Side::Client } else { Side::Server },
+                by: if d == client_dir {
+                    Side::Client
+                } else {
+                    Side::Server
+                },
             }
         } else if c.dirs[0].fin && c.dirs[1].fin {
             Close::Fin {
@@ -784,7 +820,11 @@ impl FlowTable {
             if let Some(Entry::Live(c)) = self.conns.remove(&key) {
                 self.stats.idle_expired += 1;
                 let syn_only = c.syn.is_some() && !c.synack && !c.server_spoke;
-                let reason = if syn_only { None } else { Some(Close::IdleTimeout) };
+                let reason = if syn_only {
+                    None
+                } else {
+                    Some(Close::IdleTimeout)
+                };
                 self.finish(*c, reason, ctx);
             }
         }
@@ -837,7 +877,9 @@ fn zero_window_finding(
         Some(t) => {
             let ms = t.ms_since(since);
             (
-                format!("{who} advertised a zero receive window; the transfer stalled for {ms:.0} ms"),
+                format!(
+                    "{who} advertised a zero receive window; the transfer stalled for {ms:.0} ms"
+                ),
                 Some(ms),
             )
         }
@@ -871,7 +913,14 @@ fn guess_client(c: &Conn, d: usize, payload: &[u8], backends: &[Backend]) -> usi
         return 1 - d;
     }
     const METHODS: &[&[u8]] = &[
-        b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
         b"TRACE ",
     ];
     if METHODS.iter().any(|m| payload.starts_with(m)) {

@@ -61,17 +61,42 @@ pub struct Head {
 /// A protocol violation, with evidence escaped for display.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Violation {
-    MalformedStatusLine { line: String },
-    MalformedHeader { reason: &'static str, line: String },
-    MalformedRequest { reason: &'static str, line: String },
-    HeadTooLarge { limit: usize },
-    InvalidContentLength { value: String },
-    DuplicateContentLength { first: String, second: String },
-    ContentLengthWithChunked { content_length: String, transfer_encoding: String },
-    UnsupportedTransferEncoding { value: String },
-    InvalidChunk { line: String },
+    MalformedStatusLine {
+        line: String,
+    },
+    MalformedHeader {
+        reason: &'static str,
+        line: String,
+    },
+    MalformedRequest {
+        reason: &'static str,
+        line: String,
+    },
+    HeadTooLarge {
+        limit: usize,
+    },
+    InvalidContentLength {
+        value: String,
+    },
+    DuplicateContentLength {
+        first: String,
+        second: String,
+    },
+    ContentLengthWithChunked {
+        content_length: String,
+        transfer_encoding: String,
+    },
+    UnsupportedTransferEncoding {
+        value: String,
+    },
+    InvalidChunk {
+        line: String,
+    },
     /// One of gatescope's own bounds was hit while parsing.
-    Limit { which: &'static str, limit: usize },
+    Limit {
+        which: &'static str,
+        limit: usize,
+    },
 }
 
 /// What one call to [`Parser::step`] did.
@@ -124,12 +149,21 @@ pub enum Role {
 #[derive(Debug)]
 enum Chunk {
     /// Reading a chunk-size line (its length so far).
-    Size { line_len: usize },
-    Data { left: u64 },
+    Size {
+        line_len: usize,
+    },
+    Data {
+        left: u64,
+    },
     /// The CRLF after chunk data; `seen` bytes of it.
-    DataEnd { seen: u8 },
+    DataEnd {
+        seen: u8,
+    },
     /// Trailer section after the last chunk; `line_len` bytes of the current line.
-    Trailer { total: usize, line_len: usize },
+    Trailer {
+        total: usize,
+        line_len: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -141,7 +175,9 @@ enum State {
     AwaitHeadParse,
     /// Head parsed; the caller must set the framing.
     AwaitFraming,
-    Length { left: u64 },
+    Length {
+        left: u64,
+    },
     Chunked(Chunk),
     UntilClose,
     Tunnel,
@@ -177,10 +213,18 @@ pub struct Parser {
     max_headers: usize,
     max_trailer_bytes: usize,
     max_chunk_line: usize,
+    show_secrets: bool,
 }
 
 const METHODS: &[&[u8]] = &[
-    b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"HEAD ",
+    b"DELETE ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
     b"TRACE ",
 ];
 
@@ -251,6 +295,7 @@ impl Parser {
             max_headers: limits.max_headers.clamp(1, 1024),
             max_trailer_bytes: limits.max_trailer_bytes,
             max_chunk_line: limits.max_chunk_line,
+            show_secrets: limits.show_secrets,
         }
     }
 
@@ -391,7 +436,10 @@ impl Parser {
                 self.framing = Framing::None;
                 // Requests may be preceded by stray CRLFs (RFC 9112 §2.2).
                 if self.role == Role::Request {
-                    let skip = data.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+                    let skip = data
+                        .iter()
+                        .take_while(|&&b| b == b'\r' || b == b'\n')
+                        .count();
                     if skip > 0 {
                         return (skip, Step::Skipped(skip as u64));
                     }
@@ -577,7 +625,10 @@ impl Parser {
                     Ok(httparse::Status::Complete(_)) => {
                         head.status = r.code;
                         head.version_minor = r.version.unwrap_or(1);
-                        Ok(r.headers.iter().map(|h| (h.name, h.value)).collect::<Vec<_>>())
+                        Ok(r.headers
+                            .iter()
+                            .map(|h| (h.name, h.value))
+                            .collect::<Vec<_>>())
                     }
                     Ok(httparse::Status::Partial) => Err(httparse::Error::NewLine),
                     Err(e) => Err(e),
@@ -590,7 +641,10 @@ impl Parser {
                         head.method = r.method.map(str::to_owned);
                         head.target = r.path.map(|p| escape(p.as_bytes()));
                         head.version_minor = r.version.unwrap_or(1);
-                        Ok(r.headers.iter().map(|h| (h.name, h.value)).collect::<Vec<_>>())
+                        Ok(r.headers
+                            .iter()
+                            .map(|h| (h.name, h.value))
+                            .collect::<Vec<_>>())
                     }
                     Ok(httparse::Status::Partial) => Err(httparse::Error::NewLine),
                     Err(e) => Err(e),
@@ -607,7 +661,7 @@ impl Parser {
                 });
             }
             Err(e) => {
-                let v = diagnose(self.role, &self.buf, e);
+                let v = diagnose(self.role, &self.buf, e, self.show_secrets);
                 self.state = State::Broken;
                 return Step::Broken(v);
             }
@@ -655,9 +709,10 @@ impl Parser {
         }
         if let Some(te) = &head.transfer_encoding {
             if te != "chunked" {
-                head.violations.push(Violation::UnsupportedTransferEncoding {
-                    value: escape(te.as_bytes()),
-                });
+                head.violations
+                    .push(Violation::UnsupportedTransferEncoding {
+                        value: escape(te.as_bytes()),
+                    });
             }
             if let Some(cl) = head.content_length {
                 head.violations.push(Violation::ContentLengthWithChunked {
@@ -843,10 +898,9 @@ pub fn response_framing(head: &Head, request_method: Option<&str>) -> Framing {
             Framing::UntilClose
         };
     }
-    let duplicate_conflict = head
-        .violations
-        .iter()
-        .any(|v| matches!(v, Violation::DuplicateContentLength { first, second } if first != second));
+    let duplicate_conflict = head.violations.iter().any(
+        |v| matches!(v, Violation::DuplicateContentLength { first, second } if first != second),
+    );
     let invalid = head
         .violations
         .iter()
@@ -875,8 +929,7 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
         return None;
     }
     let rest = &line[end..];
-    if !rest.is_empty() && !rest.iter().all(|&b| b == b' ' || b == b'\t') && !rest.contains(&b';')
-    {
+    if !rest.is_empty() && !rest.iter().all(|&b| b == b' ' || b == b'\t') && !rest.contains(&b';') {
         return None;
     }
     let mut v: u64 = 0;
@@ -888,18 +941,41 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
 }
 
 /// Names the offending line of a head `httparse` rejected, in nginx's terms.
-fn diagnose(role: Role, head: &[u8], err: httparse::Error) -> Violation {
+/// Headers whose values are credentials: never shown unless `--show-secrets`.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// A header line for evidence: escaped, with credential values replaced by their length.
+pub fn evidence_line(line: &[u8], show_secrets: bool) -> String {
+    if !show_secrets {
+        if let Some(colon) = line.iter().position(|&b| b == b':') {
+            let name = String::from_utf8_lossy(&line[..colon]);
+            let name = name.trim().to_ascii_lowercase();
+            if SECRET_HEADERS.contains(&name.as_str()) {
+                let value_len = line.len() - colon - 1;
+                return format!(
+                    "{}: <{value_len} bytes hidden; --show-secrets to print>",
+                    escape(&line[..colon])
+                );
+            }
+        }
+    }
+    escape(line)
+}
+
+fn diagnose(role: Role, head: &[u8], err: httparse::Error, show_secrets: bool) -> Violation {
     let mut lines = head.split(|&b| b == b'\n');
     let first = lines.next().unwrap_or_default();
-    if role == Role::Response
-        && matches!(err, httparse::Error::Status | httparse::Error::Version)
-    {
+    if role == Role::Response && matches!(err, httparse::Error::Status | httparse::Error::Version) {
         return Violation::MalformedStatusLine {
             line: escape(first),
         };
     }
-    if role == Role::Request && matches!(err, httparse::Error::Token | httparse::Error::Version)
-    {
+    if role == Role::Request && matches!(err, httparse::Error::Token | httparse::Error::Version) {
         return Violation::MalformedRequest {
             reason: "invalid request line",
             line: escape(first),
@@ -934,15 +1010,10 @@ fn diagnose(role: Role, head: &[u8], err: httparse::Error) -> Violation {
             Some("missing colon")
         };
         if let Some(reason) = reason {
+            let line = evidence_line(raw, show_secrets);
             return match role {
-                Role::Response => Violation::MalformedHeader {
-                    reason,
-                    line: escape(raw),
-                },
-                Role::Request => Violation::MalformedRequest {
-                    reason,
-                    line: escape(raw),
-                },
+                Role::Response => Violation::MalformedHeader { reason, line },
+                Role::Request => Violation::MalformedRequest { reason, line },
             };
         }
     }
@@ -952,15 +1023,12 @@ fn diagnose(role: Role, head: &[u8], err: httparse::Error) -> Violation {
         httparse::Error::NewLine => "invalid line ending",
         _ => "unparsable head",
     };
+    // No single line to blame: show the start of the head, minus credentials.
+    let first_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = evidence_line(first_line, show_secrets);
     match role {
-        Role::Response => Violation::MalformedHeader {
-            reason,
-            line: escape(&head[..head.len().min(EVIDENCE_CAP)]),
-        },
-        Role::Request => Violation::MalformedRequest {
-            reason,
-            line: escape(&head[..head.len().min(EVIDENCE_CAP)]),
-        },
+        Role::Response => Violation::MalformedHeader { reason, line },
+        Role::Request => Violation::MalformedRequest { reason, line },
     }
 }
 
@@ -1053,7 +1121,10 @@ mod test {
     #[test]
     fn head_response_has_no_body() {
         let s = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
-        assert_eq!(every_split(Role::Response, s, Some("HEAD")), "S H200 E S H204 E");
+        assert_eq!(
+            every_split(Role::Response, s, Some("HEAD")),
+            "S H200 E S H204 E"
+        );
     }
 
     #[test]
@@ -1070,7 +1141,8 @@ mod test {
 
     #[test]
     fn requests_with_and_without_bodies() {
-        let s = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        let s =
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
         assert_eq!(every_split(Role::Request, s, None), "S HGET E S HPOST B3 E");
     }
 
@@ -1099,16 +1171,45 @@ mod test {
     fn header_problems_are_named_like_nginx() {
         let cases: &[(&[u8], &str)] = &[
             (b"HTTP/1.1 200 OK\r\nBadHeader\r\n\r\n", "missing colon"),
-            (b"HTTP/1.1 200 OK\r\nContent-Type : x\r\n\r\n", "whitespace before colon"),
-            (b"HTTP/1.1 200 OK\r\nA: b\r\n folded\r\n\r\n", "obsolete line folding"),
-            (b"HTTP/1.1 200 OK\r\nA: b\x00c\r\n\r\n", "NUL in header value"),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Type : x\r\n\r\n",
+                "whitespace before colon",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nA: b\r\n folded\r\n\r\n",
+                "obsolete line folding",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nA: b\x00c\r\n\r\n",
+                "NUL in header value",
+            ),
         ];
         for (head, reason) in cases {
             let t = trace(Role::Response, head, head.len(), None);
-            assert!(t.contains("MalformedHeader") && t.contains(reason), "{reason}: {t}");
+            assert!(
+                t.contains("MalformedHeader") && t.contains(reason),
+                "{reason}: {t}"
+            );
         }
         let t = trace(Role::Response, b"HTTP/1.1 abc OK\r\n\r\n", 100, None);
         assert!(t.contains("MalformedStatusLine"), "{t}");
+    }
+
+    #[test]
+    fn credentials_in_evidence_are_hidden_unless_asked() {
+        let head = b"HTTP/1.1 200 OK\r\nSet-Cookie : session=s3cr3t\r\n\r\n";
+        let t = trace(Role::Response, head, head.len(), None);
+        assert!(t.contains("whitespace before colon"), "{t}");
+        assert!(!t.contains("s3cr3t"), "{t}");
+        assert!(evidence_line(b"Cookie: a=b", true).contains("a=b"));
+        assert!(!evidence_line(b"authorization: Basic xyz", false).contains("xyz"));
+    }
+
+    #[test]
+    fn terminal_control_bytes_never_reach_the_output() {
+        let s = escape(b"\x1b[2J\x07ok\xff");
+        assert_eq!(s, "\\x1b[2J\\x07ok\\xff");
+        assert!(escape(&[b'a'; 1000]).chars().count() <= EVIDENCE_CAP + 1);
     }
 
     #[test]
@@ -1121,7 +1222,12 @@ mod test {
         );
         assert!(t.contains("ContentLengthWithChunked"), "{t}");
         assert!(t.ends_with('E'), "TE wins over CL: {t}");
-        let t = trace(Role::Response, b"HTTP/1.1 200 OK\r\nContent-Length: 12abc\r\n\r\n", 1000, None);
+        let t = trace(
+            Role::Response,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 12abc\r\n\r\n",
+            1000,
+            None,
+        );
         assert!(t.contains("InvalidContentLength"), "{t}");
         let t = trace(
             Role::Response,
@@ -1130,7 +1236,12 @@ mod test {
             None,
         );
         assert!(t.contains("DuplicateContentLength"), "{t}");
-        let t = trace(Role::Response, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 1000, None);
+        let t = trace(
+            Role::Response,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            1000,
+            None,
+        );
         assert!(t.contains("UnsupportedTransferEncoding"), "{t}");
     }
 

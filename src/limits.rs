@@ -28,6 +28,8 @@ pub struct Limits {
     pub idle_timeout_us: u64,
     /// First response byte later than this after the request's last byte: `slow_first_byte`.
     pub slow_first_byte_us: u64,
+    /// Print values of Authorization, Proxy-Authorization, Cookie and Set-Cookie in evidence.
+    pub show_secrets: bool,
 }
 
 impl Default for Limits {
@@ -44,6 +46,7 @@ impl Default for Limits {
             max_pending: 64,
             idle_timeout_us: 300 * 1_000_000,
             slow_first_byte_us: 1_000_000,
+            show_secrets: false,
         }
     }
 }

@@ -137,7 +137,12 @@ impl Analyzer {
 }
 
 /// Decodes and counts a frame. `None` for frames that carry no TCP segment.
-fn classify<'a>(read: &mut ReadStats, link: i32, data: &'a [u8], orig_len: u32) -> Option<Segment<'a>> {
+fn classify<'a>(
+    read: &mut ReadStats,
+    link: i32,
+    data: &'a [u8],
+    orig_len: u32,
+) -> Option<Segment<'a>> {
     read.packets += 1;
     read.bytes += u64::from(orig_len);
     match decode::decode(link, data, orig_len) {
@@ -311,6 +316,8 @@ const ROUND_FRAMES: u64 = 8192;
 /// Connections sharded over worker threads; a merger thread writes the output in key order.
 pub struct Sharded {
     workers: Vec<SyncSender<Batch>>,
+    /// Emptied batches coming back from the workers, to reuse their allocations.
+    recycled: Receiver<Batch>,
     handles: Vec<JoinHandle<()>>,
     merger: Option<JoinHandle<Collector>>,
     batches: Vec<Batch>,
@@ -331,12 +338,16 @@ impl Sharded {
         let flow_stats = Arc::new(std::sync::Mutex::new(FlowStats::default()));
         let mut workers = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
+        let (back_tx, back_rx) = sync_channel::<Batch>(n * 8);
         for w in 0..n {
             let (tx, rx) = sync_channel::<Batch>(4);
             let otx = otx.clone();
+            let back = back_tx.clone();
             let limits = cfg.limits.clone();
             let backends = cfg.backends.clone();
-            handles.push(std::thread::spawn(move || worker(w, n, rx, otx, limits, backends)));
+            handles.push(std::thread::spawn(move || {
+                worker(w, n, rx, otx, back, limits, backends)
+            }));
             workers.push(tx);
         }
         drop(otx);
@@ -347,6 +358,7 @@ impl Sharded {
         };
         Sharded {
             workers,
+            recycled: back_rx,
             handles,
             merger: Some(merger),
             batches: (0..n).map(|_| Batch::new()).collect(),
@@ -361,7 +373,8 @@ impl Sharded {
     }
 
     fn send(&mut self, w: usize) {
-        let mut b = std::mem::replace(&mut self.batches[w], Batch::new());
+        let fresh = self.recycled.try_recv().unwrap_or_else(|_| Batch::new());
+        let mut b = std::mem::replace(&mut self.batches[w], fresh);
         b.upto = self.frame;
         // A worker that died (it cannot, short of a bug) must not take the reader down.
         let _ = self.workers[w].send(b);
@@ -448,7 +461,11 @@ impl Sharded {
         };
         let mut c = collector;
         c.summary.read = self.read.clone();
-        c.summary.flow = self.flow_stats.lock().map(|s| s.clone()).unwrap_or_default();
+        c.summary.flow = self
+            .flow_stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
         c.summary.input_errors = input_errors;
         c.finish()
     }
@@ -459,12 +476,13 @@ fn worker(
     n: usize,
     rx: Receiver<Batch>,
     out: SyncSender<Output_>,
+    back: SyncSender<Batch>,
     limits: Arc<Limits>,
     backends: Arc<Vec<Backend>>,
 ) {
     let mut flow = FlowTable::new(limits, backends, n);
     let mut records = Vec::new();
-    while let Ok(batch) = rx.recv() {
+    while let Ok(mut batch) = rx.recv() {
         for item in &batch.items {
             match item {
                 Item::Seg(m) => {
@@ -512,6 +530,11 @@ fn worker(
             upto = u64::MAX;
         }
         let done = stats.is_some();
+        batch.items.clear();
+        batch.arena.clear();
+        batch.end = None;
+        // The reader may have enough spare batches; then this one is simply dropped.
+        let _ = back.try_send(batch);
         let msg = Output_ {
             worker: id,
             records: std::mem::take(&mut records),

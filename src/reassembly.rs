@@ -363,7 +363,14 @@ impl Reassembler {
         }
     }
 
-    fn count_conflict(&mut self, held_start: u64, from: u64, to: u64, seg_start: u64, payload: &[u8]) {
+    fn count_conflict(
+        &mut self,
+        held_start: u64,
+        from: u64,
+        to: u64,
+        seg_start: u64,
+        payload: &[u8],
+    ) {
         let Some(Piece::Data(held)) = self.ooo.get(&held_start) else {
             return;
         };

@@ -120,10 +120,16 @@ pub struct Exchange {
 #[serde(rename_all = "snake_case")]
 pub enum Close {
     /// Both sides sent FIN; `first` tells who started.
-    Fin { first: Side },
+    Fin {
+        first: Side,
+    },
     /// Only one side's FIN was seen.
-    HalfClosed { by: Side },
-    Reset { by: Side },
+    HalfClosed {
+        by: Side,
+    },
+    Reset {
+        by: Side,
+    },
     /// SYN answered by RST.
     Refused,
     /// SYN never answered.

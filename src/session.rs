@@ -224,7 +224,12 @@ fn looks_like_response(data: &[u8]) -> bool {
 }
 
 impl Session {
-    pub fn new(em: Emitter, limits: &Limits, midstream_client: bool, midstream_server: bool) -> Session {
+    pub fn new(
+        em: Emitter,
+        limits: &Limits,
+        midstream_client: bool,
+        midstream_server: bool,
+    ) -> Session {
         let mut req = Parser::new(Role::Request, limits);
         let mut resp = Parser::new(Role::Response, limits);
         if midstream_client {
@@ -434,7 +439,11 @@ impl Session {
         }
         let mut d = data;
         loop {
-            if self.resp.is_idle() && !d.is_empty() && self.answering().is_none() && !looks_like_response(d) {
+            if self.resp.is_idle()
+                && !d.is_empty()
+                && self.answering().is_none()
+                && !looks_like_response(d)
+            {
                 self.excess_bytes(d, ctx);
                 break;
             }
@@ -474,11 +483,15 @@ impl Session {
         match &mut self.excess {
             Some(x) => x.bytes += d.len() as u64,
             None => {
-                let after = self.pending.back().map(|e| e.index).or(if self.next_index > 1 {
-                    Some(self.next_index - 1)
-                } else {
-                    None
-                });
+                let after = self
+                    .pending
+                    .back()
+                    .map(|e| e.index)
+                    .or(if self.next_index > 1 {
+                        Some(self.next_index - 1)
+                    } else {
+                        None
+                    });
                 self.excess = Some(Excess {
                     bytes: d.len() as u64,
                     at: (ctx.ts, ctx.frame),
@@ -702,8 +715,15 @@ impl Session {
             e.outcome.get_or_insert(Outcome::Invalid);
         }
         let ex = e.exref();
-        self.em
-            .finding(ctx, kind, severity, &ex, None, msg, evidence(violation_evidence(v)));
+        self.em.finding(
+            ctx,
+            kind,
+            severity,
+            &ex,
+            None,
+            msg,
+            evidence(violation_evidence(v)),
+        );
     }
 
     // ---------------------------------------------------------------- gaps and closes
@@ -761,7 +781,10 @@ impl Session {
             if e.resp_done || e.unsolicited || e.explained || e.req_start.is_none() {
                 continue;
             }
-            let since = e.req_end.or(e.req_start).map_or(0.0, |(t, _)| close_ts.ms_since(t));
+            let since = e
+                .req_end
+                .or(e.req_start)
+                .map_or(0.0, |(t, _)| close_ts.ms_since(t));
             let phase = if e.resp_started {
                 "while the response was arriving"
             } else {
@@ -782,8 +805,15 @@ impl Session {
                 "response_bytes": e.resp_bytes,
             }));
             let at = self.client_closed.map(|(t, f, _)| (t, f));
-            self.em
-                .finding(ctx, Kind::AbandonedByClient, Severity::Error, &ex, at, msg, ev);
+            self.em.finding(
+                ctx,
+                Kind::AbandonedByClient,
+                Severity::Error,
+                &ex,
+                at,
+                msg,
+                ev,
+            );
         }
     }
 
@@ -795,13 +825,23 @@ impl Session {
         }
         self.server_closed = Some((ctx.ts, ctx.frame, how));
         self.flush_excess(ctx);
-        if self.client_closed.is_some() && !self.server_spoke_after_client_fin && self.response_owed() {
+        if self.client_closed.is_some()
+            && !self.server_spoke_after_client_fin
+            && self.response_owed()
+        {
             let how_client = self.client_closed.map_or(CloseKind::Fin, |c| c.2);
             self.abandon(how_client, ctx);
         }
         let pos = self.resp.position();
         // A close-delimited body ends normally with FIN.
-        if let (Position::InBody { framing: Framing::UntilClose, .. }, CloseKind::Fin) = (pos, how) {
+        if let (
+            Position::InBody {
+                framing: Framing::UntilClose,
+                ..
+            },
+            CloseKind::Fin,
+        ) = (pos, how)
+        {
             self.response_end(ctx);
             return;
         }
@@ -810,7 +850,9 @@ impl Session {
         };
         if self.pending[i].explained || self.pending[i].unsolicited {
             if matches!(pos, Position::InBody { .. } | Position::InHead { .. }) {
-                self.pending[i].outcome.get_or_insert(Outcome::TruncatedBody);
+                self.pending[i]
+                    .outcome
+                    .get_or_insert(Outcome::TruncatedBody);
             }
             return;
         }
@@ -841,8 +883,15 @@ impl Session {
                         "request_acknowledged": false,
                         "exchange_on_connection": e.index,
                     }));
-                    self.em
-                        .finding(ctx, Kind::KeepaliveRace, Severity::Error, &ex, None, msg, ev);
+                    self.em.finding(
+                        ctx,
+                        Kind::KeepaliveRace,
+                        Severity::Error,
+                        &ex,
+                        None,
+                        msg,
+                        ev,
+                    );
                 } else {
                     let kind = match how {
                         CloseKind::Rst => Kind::ResetBeforeResponse,
@@ -862,7 +911,8 @@ impl Session {
                         "exchange_on_connection": e.index,
                         "idle_before_request_ms": e.idle_before_us.map(|u| u as f64 / 1000.0),
                     }));
-                    self.em.finding(ctx, kind, Severity::Error, &ex, None, msg, ev);
+                    self.em
+                        .finding(ctx, kind, Severity::Error, &ex, None, msg, ev);
                 }
             }
             Position::InHead { bytes } => {
@@ -911,8 +961,15 @@ impl Session {
                     "received": received,
                     "ended_by": ended_by,
                 }));
-                self.em
-                    .finding(ctx, Kind::TruncatedBody, Severity::Error, &ex, None, msg, ev);
+                self.em.finding(
+                    ctx,
+                    Kind::TruncatedBody,
+                    Severity::Error,
+                    &ex,
+                    None,
+                    msg,
+                    ev,
+                );
             }
             Position::Lost | Position::Tunnel => {}
         }
@@ -1022,7 +1079,8 @@ impl Session {
 pub fn describe_violation(v: &Violation) -> String {
     match v {
         Violation::MalformedStatusLine { line } => format!("bad status line \"{line}\""),
-        Violation::MalformedHeader { reason, line } | Violation::MalformedRequest { reason, line } => {
+        Violation::MalformedHeader { reason, line }
+        | Violation::MalformedRequest { reason, line } => {
             format!("{reason}: \"{line}\"")
         }
         Violation::HeadTooLarge { limit } => format!("head larger than {limit} bytes"),
@@ -1045,7 +1103,8 @@ pub fn describe_violation(v: &Violation) -> String {
 fn violation_evidence(v: &Violation) -> Value {
     match v {
         Violation::MalformedStatusLine { line } => json!({"line": line}),
-        Violation::MalformedHeader { reason, line } | Violation::MalformedRequest { reason, line } => {
+        Violation::MalformedHeader { reason, line }
+        | Violation::MalformedRequest { reason, line } => {
             json!({"reason": reason, "line": line})
         }
         Violation::HeadTooLarge { limit } => json!({"limit_bytes": limit}),

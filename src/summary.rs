@@ -185,7 +185,9 @@ impl Summary {
             ));
         }
         if let Some(d) = self.read.interface_dropped.filter(|&d| d > 0) {
-            v.push(format!("the interface dropped {d} packet(s): findings may be incomplete"));
+            v.push(format!(
+                "the interface dropped {d} packet(s): findings may be incomplete"
+            ));
         }
         if self.flow.gap_bytes > 0 {
             v.push(format!(

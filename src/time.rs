@@ -81,7 +81,11 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "us" | "µs" => 1e-6,
         "m" | "min" => 60.0,
         "h" => 3600.0,
-        other => return Err(format!("unknown unit '{other}' in '{s}'; use us, ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{s}'; use us, ms, s, m or h"
+            ))
+        }
     };
     let secs = value * scale;
     if !secs.is_finite() || secs < 0.0 || secs > 1e9 {

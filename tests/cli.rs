@@ -15,7 +15,10 @@ fn write_tmp(name: &str, bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf
 
 #[test]
 fn clean_capture_exits_0_with_one_complete_exchange() {
-    let pcap = pcap_bytes(101, &simple_conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    let pcap = pcap_bytes(
+        101,
+        &simple_conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    );
     let (_d, p) = write_tmp("ok.pcap", &pcap);
     let (code, recs, _) = analyze_json(&[&p], &[]);
     assert_eq!(code, 0);
@@ -29,7 +32,10 @@ fn clean_capture_exits_0_with_one_complete_exchange() {
 #[test]
 fn error_finding_exits_1() {
     // Content-Length 10, 2 bytes, then the backend's FIN: a truncated body.
-    let pcap = pcap_bytes(101, &conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok", true));
+    let pcap = pcap_bytes(
+        101,
+        &conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok", true),
+    );
     let (_d, p) = write_tmp("trunc.pcap", &pcap);
     let (code, recs, _) = analyze_json(&[&p], &[]);
     assert_eq!(code, 1);
@@ -44,7 +50,10 @@ fn zero_length_file_is_named_and_exits_2() {
     let (_d, p) = write_tmp("empty.pcap", b"");
     let (code, _, err) = analyze_json(&[&p], &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("empty.pcap") && err.contains("empty file"), "{err}");
+    assert!(
+        err.contains("empty.pcap") && err.contains("empty file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -52,18 +61,27 @@ fn file_that_is_not_a_capture_is_named_and_exits_2() {
     let (_d, p) = write_tmp("notes.txt", b"this is not a capture at all, just text\n");
     let (code, _, err) = analyze_json(&[&p], &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("notes.txt") && err.contains("not a readable pcap"), "{err}");
+    assert!(
+        err.contains("notes.txt") && err.contains("not a readable pcap"),
+        "{err}"
+    );
 }
 
 #[test]
 fn truncated_capture_keeps_results_before_the_cut_and_exits_2() {
-    let mut pcap = pcap_bytes(101, &simple_conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    let mut pcap = pcap_bytes(
+        101,
+        &simple_conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    );
     // Cut in the middle of the last record.
     pcap.truncate(pcap.len() - 20);
     let (_d, p) = write_tmp("cut.pcap", &pcap);
     let (code, recs, err) = analyze_json(&[&p], &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("cut.pcap") && err.contains("record 7"), "{err}");
+    assert!(
+        err.contains("cut.pcap") && err.contains("record 7"),
+        "{err}"
+    );
     // The exchange completed before the cut is still reported.
     assert_eq!(of_type(&recs, "exchange").len(), 1);
     assert_eq!(of_type(&recs, "summary").len(), 1);
@@ -72,29 +90,48 @@ fn truncated_capture_keeps_results_before_the_cut_and_exits_2() {
 #[test]
 fn unknown_link_type_is_named_and_other_files_still_analysed() {
     let bad = pcap_bytes(147, &[(0, vec![1, 2, 3, 4])]);
-    let good = pcap_bytes(101, &simple_conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    let good = pcap_bytes(
+        101,
+        &simple_conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    );
     let (_d1, pb) = write_tmp("usb.pcap", &bad);
     let (_d2, pg) = write_tmp("good.pcap", &good);
     let (code, recs, err) = analyze_json(&[&pb, &pg], &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("usb.pcap") && err.contains("unsupported link type 147"), "{err}");
+    assert!(
+        err.contains("usb.pcap") && err.contains("unsupported link type 147"),
+        "{err}"
+    );
     assert_eq!(of_type(&recs, "exchange").len(), 1);
 }
 
 #[test]
 fn standard_input_is_read_with_dash() {
-    let pcap = pcap_bytes(101, &simple_conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    let pcap = pcap_bytes(
+        101,
+        &simple_conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    );
     let mut child = Command::new(bin())
         .args(["analyze", "--format", "json", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn");
-    child.stdin.take().expect("stdin").write_all(&pcap).expect("write");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&pcap)
+        .expect("write");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.lines().filter(|l| l.contains("\"type\":\"exchange\"")).count(), 1);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("\"type\":\"exchange\""))
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -125,20 +162,33 @@ fn closed_pipe_ends_quietly() {
     let (_d, p) = write_tmp("many.pcap", &pcap);
     let out = Command::new("sh")
         .arg("-c")
-        .arg(format!("{} analyze --format json --all {} | head -n 1", bin(), p.display()))
+        .arg(format!(
+            "{} analyze --format json --all {} | head -n 1",
+            bin(),
+            p.display()
+        ))
         .output()
         .expect("sh");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
 }
 
 #[test]
 fn proxy_closing_first_on_an_incomplete_body_is_abandonment() {
     // Same bytes, but the proxy closes first and the backend sends nothing more.
-    let pcap = pcap_bytes(101, &conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok", false));
+    let pcap = pcap_bytes(
+        101,
+        &conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok", false),
+    );
     let (_d, p) = write_tmp("abandon.pcap", &pcap);
     let (code, recs, _) = analyze_json(&[&p], &[]);
     assert_eq!(code, 1);
-    assert_eq!(finding_set(&recs), vec![("abandoned_by_client".to_string(), 1)]);
+    assert_eq!(
+        finding_set(&recs),
+        vec![("abandoned_by_client".to_string(), 1)]
+    );
 }

@@ -45,10 +45,18 @@ fn no_panic_and_a_summary_on_every_shared_capture() {
         return;
     };
     let files = all_captures(&root);
-    assert!(files.len() > 100, "expected the whole shared set, found {}", files.len());
+    assert!(
+        files.len() > 100,
+        "expected the whole shared set, found {}",
+        files.len()
+    );
     for f in &files {
         let (code, recs, err) = analyze_json(&[f], &[]);
-        assert!((0..=2).contains(&code), "{}: exit {code}: {err}", f.display());
+        assert!(
+            (0..=2).contains(&code),
+            "{}: exit {code}: {err}",
+            f.display()
+        );
         assert_eq!(
             of_type(&recs, "summary").len(),
             1,
@@ -88,9 +96,11 @@ fn exchange_counts_agree_with_tshark_where_it_saw_every_message() {
         }
         let path = root.join(f[c_path]);
         let (_, recs, _) = analyze_json(&[&path], &[]);
-        let malformed = of_type(&recs, "finding")
-            .iter()
-            .any(|x| x["kind"].as_str().is_some_and(|k| k.starts_with("malformed")));
+        let malformed = of_type(&recs, "finding").iter().any(|x| {
+            x["kind"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("malformed"))
+        });
         if malformed {
             continue;
         }
@@ -99,11 +109,18 @@ fn exchange_counts_agree_with_tshark_where_it_saw_every_message() {
         let resps = ex.iter().filter(|e| !e["status"].is_null()).count() as u64;
         checked += 1;
         if (reqs, resps) != (tq, tr) {
-            disagree.push(format!("{}: ours {reqs}/{resps}, tshark {tq}/{tr}", f[c_path]));
+            disagree.push(format!(
+                "{}: ours {reqs}/{resps}, tshark {tq}/{tr}",
+                f[c_path]
+            ));
         }
     }
     assert!(checked >= 40, "only {checked} captures qualified");
-    assert!(disagree.is_empty(), "disagreements:\n{}", disagree.join("\n"));
+    assert!(
+        disagree.is_empty(),
+        "disagreements:\n{}",
+        disagree.join("\n")
+    );
 }
 
 /// The 13 teaching captures of START_HERE.tsv: what gatescope reports and why.
@@ -186,7 +203,9 @@ fn teaching_captures_give_the_described_outcome() {
         let want: Vec<(String, u64)> = expected.iter().map(|(k, i)| (k.to_string(), *i)).collect();
         let n = of_type(&recs, "exchange").len();
         if got != want || n != *exchanges {
-            failures.push(format!("{path}: findings {got:?} (want {want:?}), exchanges {n} (want {exchanges})"));
+            failures.push(format!(
+                "{path}: findings {got:?} (want {want:?}), exchanges {n} (want {exchanges})"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -198,22 +217,33 @@ fn teaching_capture_details() {
         return;
     };
     // The gap lands in the second response body; that exchange's outcome says so.
-    let (_, recs, _) = analyze_json(&[&root.join("captures/suricata-verify/http-gap-simple/input.pcap")], &[]);
+    let (_, recs, _) = analyze_json(
+        &[&root.join("captures/suricata-verify/http-gap-simple/input.pcap")],
+        &[],
+    );
     let outcomes: Vec<String> = of_type(&recs, "exchange")
         .iter()
         .map(|e| e["outcome"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(outcomes, ["complete", "capture_gap", "complete"]);
     // 100-continue folds into one exchange with the final status.
-    let (_, recs, _) = analyze_json(&[&root.join("captures/zeek/http/100-continue/100-continue.pcap")], &[]);
+    let (_, recs, _) = analyze_json(
+        &[&root.join("captures/zeek/http/100-continue/100-continue.pcap")],
+        &[],
+    );
     assert_eq!(of_type(&recs, "exchange")[0]["status"], 200);
     // pcapng without the client's SYN (HTTP from the IRC port 6669): the SYN-ACK alone says
     // who the server is.
     let (_, recs, _) = analyze_json(
-        &[&root.join("captures/zeek/tcp/http-on-irc-port-missing-syn/http-on-irc-port-missing-syn.pcapng")],
+        &[&root.join(
+            "captures/zeek/tcp/http-on-irc-port-missing-syn/http-on-irc-port-missing-syn.pcapng",
+        )],
         &[],
     );
     let c = &of_type(&recs, "connection")[0];
     assert_eq!(c["midstream"], false);
-    assert!(c["server"].as_str().is_some_and(|s| s.ends_with(":80")), "{c}");
+    assert!(
+        c["server"].as_str().is_some_and(|s| s.ends_with(":80")),
+        "{c}"
+    );
 }

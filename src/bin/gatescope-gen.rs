@@ -17,6 +17,8 @@ use std::io::{self, BufWriter, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::mpsc;
+use std::thread;
 use std::time::Instant;
 
 /// 2026-01-15T10:00:00Z in microseconds: every sample starts here.
@@ -326,6 +328,7 @@ scenarios![
     midstream_pickup,
     snaplen_truncated,
     port_reuse,
+    demo,
 ];
 
 fn write_samples(dir: &Path, only: Option<&str>) -> io::Result<()> {
@@ -1154,6 +1157,30 @@ fn port_reuse(port: u16) -> Sample {
     }
 }
 
+/// `make demo`: a few concurrent connections, some healthy, some failing, on one link.
+fn demo(port: u16) -> Sample {
+    type Part = (u16, i64, fn(u16) -> Sample);
+    let parts: [Part; 6] = [
+        (0, 0, benign_keepalive),
+        (1, 3 * MS, keepalive_race),
+        (2, 7 * MS, truncated_body_cl),
+        (3, 11 * MS, benign_chunked),
+        (4, 40 * MS, slow_first_byte),
+        (5, 90 * MS, connect_refused),
+    ];
+    let mut packets = Vec::new();
+    for (i, offset, build) in parts {
+        // ports far from the other samples' so that the demo can be concatenated with them
+        let s = build(port + 100 + i);
+        packets.extend(s.packets.into_iter().map(|(ts, p)| (ts + offset, p)));
+    }
+    packets.sort_by_key(|(ts, _)| *ts);
+    Sample {
+        opts: eth(),
+        packets,
+    }
+}
+
 // ==========================================================================================
 // Bulk
 // ==========================================================================================
@@ -1743,9 +1770,92 @@ impl Bulk {
     }
 }
 
+/// A `Write` that hands full buffers to a writer thread, so that building packets and the
+/// kernel's copy into the page cache overlap.
+struct ThreadedWriter {
+    buf: Vec<u8>,
+    full: Option<mpsc::SyncSender<Vec<u8>>>,
+    empty: mpsc::Receiver<Vec<u8>>,
+    thread: Option<thread::JoinHandle<io::Result<()>>>,
+}
+
+impl ThreadedWriter {
+    const BUF: usize = 4 << 20;
+    const BUFFERS: usize = 4;
+
+    fn new(mut out: File) -> ThreadedWriter {
+        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(Self::BUFFERS);
+        let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+        for _ in 1..Self::BUFFERS {
+            let _ = empty_tx.send(Vec::with_capacity(Self::BUF));
+        }
+        let thread = thread::spawn(move || -> io::Result<()> {
+            for mut b in full_rx {
+                out.write_all(&b)?;
+                b.clear();
+                // the generator may already be gone
+                let _ = empty_tx.send(b);
+            }
+            out.flush()
+        });
+        ThreadedWriter {
+            buf: Vec::with_capacity(Self::BUF),
+            full: Some(full_tx),
+            empty: empty_rx,
+            thread: Some(thread),
+        }
+    }
+
+    fn hand_over(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let next = self.empty.recv().unwrap_or_default();
+        let full = std::mem::replace(&mut self.buf, next);
+        let sent = self.full.as_ref().map(|tx| tx.send(full));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            // the writer thread stopped: its error is reported by finish()
+            _ => self
+                .finish_inner()
+                .and(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    fn finish_inner(&mut self) -> io::Result<()> {
+        self.full = None;
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("writer thread panicked"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes what is buffered and waits for the writer thread.
+    fn finish(mut self) -> io::Result<()> {
+        self.hand_over()?;
+        self.finish_inner()
+    }
+}
+
+impl Write for ThreadedWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= Self::BUF {
+            self.hand_over()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn bulk(out: &Path, size: u64, seed: u64, concurrent: usize, fault_rate: f64) -> io::Result<()> {
     let started = Instant::now();
-    let file = BufWriter::with_capacity(1 << 20, File::create(out)?);
+    let file = ThreadedWriter::new(File::create(out)?);
     let mut w = PcapOptions::new(LinkType::Ethernet)
         .snaplen(65_535)
         .create(file)?;
@@ -1805,7 +1915,7 @@ fn bulk(out: &Path, size: u64, seed: u64, concurrent: usize, fault_rate: f64) ->
         }
     }
     let bytes = w.bytes_written();
-    w.into_inner()?;
+    w.into_inner()?.finish()?;
     let secs = started.elapsed().as_secs_f64();
     let s = &b.stats;
     eprintln!("bytes: {bytes}");

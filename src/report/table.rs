@@ -130,9 +130,15 @@ impl<W: Write + Send> Output for TableReport<W> {
             for (k, n) in &s.findings {
                 let h = k.hint();
                 let status = if h.nginx_status > 0 {
-                    format!("nginx {} · HAProxy {} · Envoy {}", h.nginx_status, h.haproxy, h.envoy)
+                    format!(
+                        "nginx {} · HAProxy {} · Envoy {}",
+                        h.nginx_status, h.haproxy, h.envoy
+                    )
                 } else {
-                    format!("nginx passes it · HAProxy {} · Envoy {}", h.haproxy, h.envoy)
+                    format!(
+                        "nginx passes it · HAProxy {} · Envoy {}",
+                        h.haproxy, h.envoy
+                    )
                 };
                 b.push_record([
                     k.name().to_string(),
@@ -148,7 +154,14 @@ impl<W: Write + Send> Output for TableReport<W> {
         if !s.backends.is_empty() {
             let mut b = Builder::default();
             b.push_record([
-                "backend", "conns", "exchanges", "errors", "warnings", "ttfb p50", "p95", "p99",
+                "backend",
+                "conns",
+                "exchanges",
+                "errors",
+                "warnings",
+                "ttfb p50",
+                "p95",
+                "p99",
                 "max",
             ]);
             for (addr, st) in &s.backends {
@@ -198,7 +211,11 @@ fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block) -> io::Result<()>
         short_time(c.start),
         short_time(c.end),
         c.close.describe(),
-        if c.midstream { "  (picked up mid-stream)" } else { "" }
+        if c.midstream {
+            "  (picked up mid-stream)"
+        } else {
+            ""
+        }
     )?;
     writeln!(
         w,
@@ -219,7 +236,16 @@ fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block) -> io::Result<()>
     )?;
     if !b.exchanges.is_empty() {
         let mut t = Builder::default();
-        t.push_record(["#", "method", "target", "status", "first byte", "req B", "resp B", "outcome"]);
+        t.push_record([
+            "#",
+            "method",
+            "target",
+            "status",
+            "first byte",
+            "req B",
+            "resp B",
+            "outcome",
+        ]);
         for e in &b.exchanges {
             let outcome = serde_json::to_value(e.outcome)
                 .ok()
@@ -243,7 +269,9 @@ fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block) -> io::Result<()>
     }
     for f in &b.findings {
         let sev = f.severity.as_str().to_uppercase();
-        let ex = f.exchange.map_or(String::new(), |i| format!(" exchange {i}"));
+        let ex = f
+            .exchange
+            .map_or(String::new(), |i| format!(" exchange {i}"));
         let low = if f.confidence == crate::findings::Confidence::Low {
             " [low confidence: capture gap]"
         } else {

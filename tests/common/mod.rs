@@ -89,7 +89,14 @@ pub fn pcap_bytes(link: u32, packets: &[(i64, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// A TCP/IPv4 packet.
-pub fn tcp(src: ([u8; 4], u16), dst: ([u8; 4], u16), seq: u32, ack: Option<u32>, flags: &str, payload: &[u8]) -> Vec<u8> {
+pub fn tcp(
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    seq: u32,
+    ack: Option<u32>,
+    flags: &str,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut b = etherparse::PacketBuilder::ipv4(src.0, dst.0, 64).tcp(src.1, dst.1, seq, 65535);
     if let Some(a) = ack {
         b = b.ack(a);
