@@ -180,8 +180,25 @@ impl Reassembler {
                     effect.retransmitted = total;
                 } else {
                     effect.retransmitted = skip;
-                    self.deliver_tail(payload, missing, skip, sink);
-                    self.drain(sink);
+                    let held_from = self.ooo.first_key_value().map(|(&s, _)| s);
+                    match held_from {
+                        // The segment runs into bytes already held out of order: deliver up to
+                        // them, and let the rest fill only the holes (the first copy wins).
+                        Some(fs) if start + total > fs => {
+                            let cut = fs - start;
+                            let plen = payload.len() as u64;
+                            let (head, rest) = payload.split_at(cut.min(plen) as usize);
+                            let head_missing = cut.saturating_sub(plen).min(missing);
+                            let rest_missing = missing - head_missing;
+                            self.deliver_tail(head, head_missing, skip, sink);
+                            effect.retransmitted += self.insert(fs, rest, rest_missing);
+                            self.drain(sink);
+                        }
+                        _ => {
+                            self.deliver_tail(payload, missing, skip, sink);
+                            self.drain(sink);
+                        }
+                    }
                 }
             } else {
                 effect.out_of_order = true;

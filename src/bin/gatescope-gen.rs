@@ -41,7 +41,8 @@ struct Cli {
 enum Cmd {
     /// Regenerate the bundled sample captures (one .pcap per scenario) into DIR.
     Samples {
-        dir: PathBuf,
+        #[arg(required_unless_present = "list")]
+        dir: Option<PathBuf>,
         /// Only write the scenarios whose name contains this string.
         #[arg(long)]
         only: Option<String>,
@@ -97,16 +98,24 @@ fn parse_size(s: &str) -> Result<u64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Samples { dir, only, list } => {
-            if list {
+        Cmd::Samples { dir, only, list } => match dir {
+            Some(dir) if !list => write_samples(&dir, only.as_deref()),
+            _ => {
                 for s in SAMPLES {
                     println!("{}", s.name);
                 }
                 Ok(())
-            } else {
-                write_samples(&dir, only.as_deref())
             }
-        }
+        },
+        Cmd::Bulk {
+            connections_concurrent,
+            ..
+        } if connections_concurrent > MAX_CONCURRENT => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "--connections-concurrent: at most {MAX_CONCURRENT} (client ports 32768..60767)"
+            ),
+        )),
         Cmd::Bulk {
             out,
             size,
@@ -1312,6 +1321,10 @@ struct Bulk {
     next_conn_id: u64,
     draining: bool,
 }
+
+/// Client ports come from a pool 1.5x the concurrency within 32768..60767, so that no two open
+/// connections share a 4-tuple.
+const MAX_CONCURRENT: usize = 18_000;
 
 /// Bulk JSON bodies are cut from a pool of fixed-size records, so that any run of whole
 /// records is a valid JSON array element list.
