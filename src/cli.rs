@@ -272,6 +272,19 @@ fn drop_privileges(user: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Waits until `fd` is readable or `ms` milliseconds pass (or a signal arrives).
+fn wait_readable(fd: std::os::fd::RawFd, ms: i32) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe {
+        libc::poll(&mut p, 1, ms);
+    }
+}
+
 fn open_live(args: &LiveArgs) -> Result<pcap::Capture<pcap::Active>, String> {
     let explain = |e: pcap::Error| {
         let msg = e.to_string();
@@ -296,6 +309,8 @@ fn open_live(args: &LiveArgs) -> Result<pcap::Capture<pcap::Active>, String> {
             format!("cannot capture on '{}': {msg}", args.interface)
         }
     };
+    // Immediate mode so findings are not held back by kernel buffering; non-blocking so the
+    // read loop wakes up on its own (poll with a timeout) to advance packet time and to stop.
     let cap = pcap::Capture::from_device(args.interface.as_str())
         .map_err(explain)?
         .snaplen(262_144)
@@ -304,6 +319,8 @@ fn open_live(args: &LiveArgs) -> Result<pcap::Capture<pcap::Active>, String> {
         .timeout(100)
         .buffer_size(args.buffer_size)
         .open()
+        .map_err(explain)?
+        .setnonblock()
         .map_err(explain)?;
     Ok(cap)
 }
@@ -355,6 +372,8 @@ pub fn live(args: &LiveArgs) -> Outcome {
     // reported while they last.
     let mut last_packet: Option<(Ts, std::time::Instant)> = None;
     let mut packets = 0u64;
+    let mut idle_reads = 0u32;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&cap);
     let mut errors = Vec::new();
     while !STOP.load(Ordering::SeqCst) && !analyzer.output_failed() {
         if args.duration.is_some_and(|d| started.elapsed() >= d)
@@ -364,6 +383,7 @@ pub fn live(args: &LiveArgs) -> Outcome {
         }
         match cap.next_packet() {
             Ok(p) => {
+                idle_reads = 0;
                 packets += 1;
                 let ts = Ts::from_timeval(p.header.ts.tv_sec, p.header.ts.tv_usec);
                 if let Some(s) = save.as_mut() {
@@ -372,7 +392,13 @@ pub fn live(args: &LiveArgs) -> Outcome {
                 analyzer.packet(link, ts, p.data, p.header.len);
                 last_packet = Some((ts, std::time::Instant::now()));
             }
-            Err(pcap::Error::TimeoutExpired) => {
+            Err(pcap::Error::TimeoutExpired) | Err(pcap::Error::NoMorePackets) => {
+                // Nothing to read: wait for the descriptor (at most 100 ms), and let packet
+                // time move on by the loop's own clock.
+                idle_reads += 1;
+                if idle_reads > 1 {
+                    wait_readable(fd, 100);
+                }
                 if let Some((ts, at)) = last_packet {
                     analyzer.advance(Ts(ts.0 + at.elapsed().as_micros() as i64));
                 }

@@ -265,17 +265,14 @@ impl FlowTable {
         let is_new_syn = seg.flags.syn() && !seg.flags.ack();
         let mut replace = false;
         match self.conns.get_mut(&key) {
-            Some(Entry::Live(c)) => {
-                // A SYN with a new ISN on a 4-tuple we still think is open: the old one
-                // ended without us seeing it (or is being reused); start over.
-                if is_new_syn {
-                    let same_syn = c.syn.as_ref().is_some_and(|s| s.isn == seg.seq)
-                        && c.client.is_some_and(|d| (d == 0) == (seg.src == c.a));
-                    if !same_syn {
-                        replace = true;
-                    }
-                }
+            // A SYN with a new ISN on a 4-tuple we still think is open: the old one ended
+            // without us seeing it (or is being reused); start over.
+            Some(Entry::Live(c)) if is_new_syn => {
+                let same_syn = c.syn.as_ref().is_some_and(|s| s.isn == seg.seq)
+                    && c.client.is_some_and(|d| (d == 0) == (seg.src == c.a));
+                replace = !same_syn;
             }
+            Some(Entry::Live(_)) => {}
             Some(Entry::Closed { isn, .. }) => {
                 if is_new_syn && *isn != Some(seg.seq) {
                     self.conns.remove(&key);

@@ -138,6 +138,8 @@ struct Exch {
     req_done: bool,
     /// Time since the previous exchange on this connection ended (keep-alive reuse).
     idle_before_us: Option<u64>,
+    /// The backend had already closed (when, how) when this request started.
+    after_server_close: Option<(Ts, CloseKind)>,
     resp_started: bool,
     resp_start: Option<(Ts, u64)>,
     resp_head_end: Option<Ts>,
@@ -151,6 +153,9 @@ struct Exch {
     slow_reported: bool,
     gap: bool,
     emitted: bool,
+    /// The response completed after the proxy's FIN: written at the end, once it is known
+    /// whether the proxy still wanted it (a later RST says it did not).
+    held: bool,
 }
 
 impl Exch {
@@ -213,6 +218,9 @@ pub struct Session {
     midstream: bool,
     /// The server sent bytes after the client's FIN: that FIN was a half-close, not an abort.
     server_spoke_after_client_fin: bool,
+    /// The proxy reset after its FIN: its FIN was a full close (it had given up), not a
+    /// half-close.
+    client_reset_after_fin: bool,
     slow_first_byte_us: u64,
     max_pending: usize,
     pending_limit_hit: bool,
@@ -255,6 +263,7 @@ impl Session {
             excess: None,
             midstream: midstream_client || midstream_server,
             server_spoke_after_client_fin: false,
+            client_reset_after_fin: false,
             slow_first_byte_us: limits.slow_first_byte_us,
             max_pending: limits.max_pending,
             pending_limit_hit: false,
@@ -307,6 +316,7 @@ impl Session {
                         let e = &mut self.pending[i];
                         e.method = h.method.clone();
                         e.target = h.target.clone();
+                        self.request_after_close(i, ctx);
                     }
                     for v in h.violations.iter() {
                         self.request_violation(v, ctx);
@@ -358,55 +368,64 @@ impl Session {
             idle_before_us: self.last_response_end.map(|t| ctx.ts.micros_since(t)),
             ..Exch::default()
         };
-        // The backend closed its side before this request was sent: the proxy reused a
-        // connection that was already going away.
-        if let Some((closed_ts, _, how)) = self.server_closed {
-            let reused = index > 1 || self.midstream;
-            e.explained = true;
-            e.outcome = Some(Outcome::NoResponse);
-            let before_ms = ctx.ts.ms_since(closed_ts);
-            if reused {
-                let msg = format!(
-                    "request sent on a reused keep-alive connection {before_ms:.1} ms after the backend closed it ({}); the backend never saw it",
-                    how.as_str()
-                );
-                let ev = evidence(json!({
-                    "idle_before_request_ms": e.idle_before_us.map(|u| u as f64 / 1000.0),
-                    "server_close": how.as_str(),
-                    "server_close_before_request_ms": before_ms,
-                    "exchange_on_connection": index,
-                }));
-                self.em.finding(
-                    ctx,
-                    Kind::KeepaliveRace,
-                    Severity::Error,
-                    &e.exref(),
-                    None,
-                    msg,
-                    ev,
-                );
-            } else {
-                let kind = if how == CloseKind::Rst {
-                    Kind::ResetBeforeResponse
-                } else {
-                    Kind::ClosedBeforeResponse
-                };
-                let msg = format!(
-                    "backend closed the connection ({}) {before_ms:.1} ms before the first request was sent",
-                    how.as_str()
-                );
-                self.em.finding(
-                    ctx,
-                    kind,
-                    Severity::Error,
-                    &e.exref(),
-                    None,
-                    msg,
-                    evidence(json!({"server_close": how.as_str(), "server_close_before_request_ms": before_ms})),
-                );
-            }
-        }
+        // The backend closed its side before this request was sent: decided once the head
+        // says what the request was (see `request_after_close`).
+        e.after_server_close = self.server_closed.map(|(t, _, how)| (t, how));
         self.pending.push_back(e);
+    }
+
+    /// A request that started after the backend had closed its side: the proxy reused a
+    /// connection that was already going away (a keep-alive race), or, on a fresh connection,
+    /// the backend closed before the first request.
+    fn request_after_close(&mut self, i: usize, ctx: &mut Ctx<'_>) {
+        let e = &mut self.pending[i];
+        let Some((closed_ts, how)) = e.after_server_close else {
+            return;
+        };
+        if e.explained {
+            return;
+        }
+        e.explained = true;
+        e.outcome = Some(Outcome::NoResponse);
+        let index = e.index;
+        let start = e.req_start.map_or(ctx.ts, |(t, _)| t);
+        let at = e.req_start;
+        let before_ms = start.ms_since(closed_ts);
+        let reused = index > 1 || self.midstream;
+        let ex = e.exref();
+        if reused {
+            let msg = format!(
+                "request sent on a reused keep-alive connection {before_ms:.1} ms after the backend closed it ({}); the backend never saw it",
+                how.as_str()
+            );
+            let ev = evidence(json!({
+                "idle_before_request_ms": e.idle_before_us.map(|u| u as f64 / 1000.0),
+                "server_close": how.as_str(),
+                "server_close_before_request_ms": before_ms,
+                "exchange_on_connection": index,
+            }));
+            self.em
+                .finding(ctx, Kind::KeepaliveRace, Severity::Error, &ex, at, msg, ev);
+        } else {
+            let kind = if how == CloseKind::Rst {
+                Kind::ResetBeforeResponse
+            } else {
+                Kind::ClosedBeforeResponse
+            };
+            let msg = format!(
+                "backend closed the connection ({}) {before_ms:.1} ms before the first request was sent",
+                how.as_str()
+            );
+            self.em.finding(
+                ctx,
+                kind,
+                Severity::Error,
+                &ex,
+                at,
+                msg,
+                evidence(json!({"server_close": how.as_str(), "server_close_before_request_ms": before_ms})),
+            );
+        }
     }
 
     fn request_violation(&mut self, v: &Violation, ctx: &mut Ctx<'_>) {
@@ -642,9 +661,17 @@ impl Session {
         let Some(i) = self.answering() else {
             return;
         };
+        let proxy_closed = self.client_closed.is_some();
         let e = &mut self.pending[i];
         e.resp_end = Some(ctx.ts);
         e.resp_done = true;
+        if proxy_closed && !e.explained && !e.unsolicited {
+            // The proxy closed before this response completed; whether it still read it is
+            // known only at the end (see `finish`).
+            e.held = true;
+            self.last_response_end = Some(ctx.ts);
+            return;
+        }
         let outcome = match e.outcome {
             Some(o) => o,
             None if e.gap => Outcome::CaptureGap,
@@ -728,7 +755,7 @@ impl Session {
 
     // ---------------------------------------------------------------- gaps and closes
 
-    pub fn gap(&mut self, side: Side, len: u64, _ctx: &mut Ctx<'_>) {
+    pub fn gap(&mut self, side: Side, len: u64, ctx: &mut Ctx<'_>) {
         match side {
             Side::Client => {
                 if let Some(i) = self.requesting() {
@@ -736,6 +763,10 @@ impl Session {
                 }
                 self.req.gap(len);
                 self.client_off += len;
+                // A gap that completed a body leaves an `End` owed.
+                if self.req.owes_step() {
+                    self.client_data(&[], ctx);
+                }
             }
             Side::Server => {
                 let in_message = !self.resp.is_idle();
@@ -759,12 +790,18 @@ impl Session {
                     self.msg_start = None;
                 }
                 self.server_off += len;
+                if self.resp.owes_step() {
+                    self.server_data(&[], ctx);
+                }
             }
         }
     }
 
     /// The client (proxy) side ended its stream.
     pub fn client_close(&mut self, how: CloseKind, ctx: &mut Ctx<'_>) {
+        if how == CloseKind::Rst && matches!(self.client_closed, Some((_, _, CloseKind::Fin))) {
+            self.client_reset_after_fin = true;
+        }
         if self.client_closed.is_none() {
             self.client_closed = Some((ctx.ts, ctx.frame, how));
         }
@@ -997,6 +1034,56 @@ impl Session {
     /// The connection is over: report what is still open and write the remaining exchanges.
     pub fn finish(&mut self, now: Ts, ctx: &mut Ctx<'_>) {
         self.flush_excess(ctx);
+        for i in 0..self.pending.len() {
+            self.request_after_close(i, ctx);
+        }
+        // Responses that completed after the proxy's FIN: if the proxy then reset the
+        // connection, its FIN was a full close and the response went nowhere (the signature of
+        // nginx's proxy_read_timeout: FIN at the timeout, RST when the late response arrives).
+        for i in 0..self.pending.len() {
+            if !self.pending[i].held {
+                continue;
+            }
+            self.pending[i].held = false;
+            if self.client_reset_after_fin {
+                let (fin_ts, fin_frame, _) =
+                    self.client_closed
+                        .unwrap_or((now, ctx.frame, CloseKind::Fin));
+                let e = &mut self.pending[i];
+                let since = e
+                    .req_end
+                    .or(e.req_start)
+                    .map_or(0.0, |(t, _)| fin_ts.ms_since(t));
+                let started_before_fin = e.resp_start.is_some_and(|(t, _)| t < fin_ts);
+                e.explained = true;
+                e.outcome = Some(Outcome::Abandoned);
+                let ex = e.exref();
+                let msg = format!(
+                    "the proxy closed the connection (FIN) {since:.0} ms after the request, {}; the backend's response arrived after that and was refused (RST): a proxy timeout (504) or a client abort (499)",
+                    if started_before_fin { "while the response was arriving" } else { "before any response byte" }
+                );
+                let ev = evidence(json!({
+                    "client_close": "FIN",
+                    "waited_ms": since,
+                    "response_started": started_before_fin,
+                    "response_completed_after_close": true,
+                }));
+                self.em.finding(
+                    ctx,
+                    Kind::AbandonedByClient,
+                    Severity::Error,
+                    &ex,
+                    Some((fin_ts, fin_frame)),
+                    msg,
+                    ev,
+                );
+            }
+            let e = &mut self.pending[i];
+            if e.outcome.is_none() && e.gap {
+                e.outcome = Some(Outcome::CaptureGap);
+            }
+            self.emit_at(i, ctx);
+        }
         self.tick(now, ctx);
         if self.client_closed.is_some()
             && self.server_closed.is_none()

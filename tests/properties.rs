@@ -73,19 +73,46 @@ fn analyze(exchanges: &[(Cut, Cut)], req_total: usize, resp_total: usize) -> Vec
     };
     push(&mut a, tcp(true, CISN, 0, "S", b""));
     push(&mut a, tcp(false, SISN, CISN.wrapping_add(1), "S", b""));
-    push(&mut a, tcp(true, CISN.wrapping_add(1), SISN.wrapping_add(1), "", b""));
+    push(
+        &mut a,
+        tcp(true, CISN.wrapping_add(1), SISN.wrapping_add(1), "", b""),
+    );
     for (req, resp) in exchanges {
         for (off, bytes) in req {
-            push(&mut a, tcp(true, CISN.wrapping_add(1 + *off as u32), SISN.wrapping_add(1), "", bytes));
+            push(
+                &mut a,
+                tcp(
+                    true,
+                    CISN.wrapping_add(1 + *off as u32),
+                    SISN.wrapping_add(1),
+                    "",
+                    bytes,
+                ),
+            );
         }
         for (off, bytes) in resp {
-            push(&mut a, tcp(false, SISN.wrapping_add(1 + *off as u32), CISN.wrapping_add(1), "", bytes));
+            push(
+                &mut a,
+                tcp(
+                    false,
+                    SISN.wrapping_add(1 + *off as u32),
+                    CISN.wrapping_add(1),
+                    "",
+                    bytes,
+                ),
+            );
         }
     }
-    let (cfin, sfin) = (CISN.wrapping_add(1 + req_total as u32), SISN.wrapping_add(1 + resp_total as u32));
+    let (cfin, sfin) = (
+        CISN.wrapping_add(1 + req_total as u32),
+        SISN.wrapping_add(1 + resp_total as u32),
+    );
     push(&mut a, tcp(true, cfin, sfin, "F", b""));
     push(&mut a, tcp(false, sfin, cfin.wrapping_add(1), "F", b""));
-    push(&mut a, tcp(true, cfin.wrapping_add(1), sfin.wrapping_add(1), "", b""));
+    push(
+        &mut a,
+        tcp(true, cfin.wrapping_add(1), sfin.wrapping_add(1), "", b""),
+    );
     let _ = a.finish(Vec::new());
     let recs = sink.0.lock().map(|v| v.clone()).unwrap_or_default();
     recs.iter()
@@ -95,7 +122,10 @@ fn analyze(exchanges: &[(Cut, Cut)], req_total: usize, resp_total: usize) -> Vec
                 "exchange {} {:?} {:?} {:?} {:?} req {} resp {}",
                 e.index, e.method, e.target, e.status, e.outcome, e.request_bytes, e.response_bytes
             )),
-            Record::Connection(c) => Some(format!("connection {:?} {} {}", c.close, c.exchanges, c.findings)),
+            Record::Connection(c) => Some(format!(
+                "connection {:?} {} {}",
+                c.close, c.exchanges, c.findings
+            )),
         })
         .collect()
 }
@@ -119,7 +149,13 @@ fn messages() -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// Cuts `data` (at stream offset `base`) at the given points, then shuffles within a window
 /// and adds duplicates and overlapping retransmissions.
-fn mangle(data: &[u8], base: usize, cuts: &[usize], swaps: &[(usize, usize)], dups: &[(usize, usize, usize)]) -> Cut {
+fn mangle(
+    data: &[u8],
+    base: usize,
+    cuts: &[usize],
+    swaps: &[(usize, usize)],
+    dups: &[(usize, usize, usize)],
+) -> Cut {
     let mut points: Vec<usize> = cuts.iter().map(|c| c % data.len().max(1)).collect();
     points.push(0);
     points.push(data.len());
@@ -149,7 +185,10 @@ fn mangle(data: &[u8], base: usize, cuts: &[usize], swaps: &[(usize, usize)], du
 }
 
 fn plain(data: &[u8], base: usize) -> Cut {
-    data.chunks(1000).enumerate().map(|(i, c)| (base + i * 1000, c.to_vec())).collect()
+    data.chunks(1000)
+        .enumerate()
+        .map(|(i, c)| (base + i * 1000, c.to_vec()))
+        .collect()
 }
 
 proptest! {

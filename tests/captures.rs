@@ -1,0 +1,221 @@
+//! Every bundled sample capture (captures/, made by `gatescope-gen samples`) gives exactly
+//! the findings its scenario describes (captures/README.md), on the exchange it describes.
+
+mod common;
+use common::*;
+
+/// (file stem, exchanges, expected findings as (kind, exchange index or 0)).
+const EXPECTED: &[(&str, usize, &[(&str, u64)])] = &[
+    // Benign: nothing at all.
+    ("benign_100_continue", 1, &[]),
+    ("benign_chunked", 1, &[]),
+    ("benign_close_delimited", 1, &[]),
+    ("benign_head_204_304", 3, &[]),
+    ("benign_ipv6", 2, &[]),
+    ("benign_keepalive", 3, &[]),
+    ("benign_linux_sll", 2, &[]),
+    ("benign_linux_sll2", 2, &[]),
+    ("benign_null_loopback", 2, &[]),
+    ("benign_ooo_retrans", 2, &[]),
+    ("benign_pipelined", 3, &[]),
+    ("benign_raw_ip", 2, &[]),
+    ("benign_rst_after_response", 1, &[]),
+    ("benign_seq_wrap", 2, &[]),
+    ("benign_vlan", 2, &[]),
+    ("midstream_pickup", 2, &[]),
+    ("port_reuse", 2, &[]),
+    // One fault each.
+    (
+        "abandoned_by_client",
+        1,
+        &[("abandoned_by_client", 1), ("slow_first_byte", 1)],
+    ),
+    ("backend_error_status", 1, &[("backend_error_status", 1)]),
+    ("capture_gap", 3, &[("capture_gap", 0)]),
+    (
+        "closed_before_response",
+        1,
+        &[("closed_before_response", 1)],
+    ),
+    ("connect_refused", 0, &[("connect_refused", 0)]),
+    ("connect_timeout", 0, &[("connect_timeout", 0)]),
+    (
+        "content_length_with_chunked",
+        1,
+        &[("content_length_with_chunked", 1)],
+    ),
+    (
+        "duplicate_content_length",
+        1,
+        &[("duplicate_content_length", 1)],
+    ),
+    ("excess_data", 1, &[("excess_data", 1)]),
+    ("head_too_large", 1, &[("head_too_large", 1)]),
+    ("http09_response", 1, &[("malformed_status_line", 1)]),
+    ("invalid_chunk", 1, &[("invalid_chunk", 1)]),
+    (
+        "invalid_content_length",
+        1,
+        &[("invalid_content_length", 1)],
+    ),
+    ("keepalive_race", 2, &[("keepalive_race", 2)]),
+    ("malformed_header_no_colon", 1, &[("malformed_header", 1)]),
+    ("malformed_header_nul", 1, &[("malformed_header", 1)]),
+    ("malformed_header_obs_fold", 1, &[("malformed_header", 1)]),
+    (
+        "malformed_header_space_before_colon",
+        1,
+        &[("malformed_header", 1)],
+    ),
+    ("malformed_status_line", 1, &[("malformed_status_line", 1)]),
+    ("reset_before_response", 1, &[("reset_before_response", 1)]),
+    ("slow_first_byte", 1, &[("slow_first_byte", 1)]),
+    ("snaplen_truncated", 2, &[("capture_gap", 0)]),
+    ("truncated_body_chunked", 1, &[("truncated_body", 1)]),
+    ("truncated_body_cl", 1, &[("truncated_body", 1)]),
+    ("truncated_body_rst", 1, &[("truncated_body", 1)]),
+    ("truncated_head", 1, &[("truncated_head", 1)]),
+    ("unsolicited_response", 2, &[("unsolicited_response", 2)]),
+    (
+        "unsupported_transfer_encoding",
+        1,
+        &[("unsupported_transfer_encoding", 1)],
+    ),
+    ("zero_window", 1, &[("zero_window", 0)]),
+    // The README's demo: a small backend pool with several faults at once.
+    (
+        "demo",
+        8,
+        &[
+            ("connect_refused", 0),
+            ("keepalive_race", 2),
+            ("slow_first_byte", 1),
+            ("truncated_body", 1),
+        ],
+    ),
+];
+
+#[test]
+fn every_bundled_capture_gives_exactly_its_findings() {
+    let dir = repo().join("captures");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .expect("captures/")
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            if p.extension()? != "pcap" {
+                return None;
+            }
+            Some(p.file_stem()?.to_string_lossy().into_owned())
+        })
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = EXPECTED.iter().map(|(n, _, _)| n.to_string()).collect();
+    listed.sort();
+    assert_eq!(
+        on_disk, listed,
+        "captures/ and this table must list the same samples"
+    );
+
+    let mut failures = Vec::new();
+    for (name, exchanges, findings) in EXPECTED {
+        let path = dir.join(format!("{name}.pcap"));
+        let (code, recs, err) = analyze_json(&[&path], &[]);
+        let got = finding_set(&recs);
+        let mut want: Vec<(String, u64)> =
+            findings.iter().map(|(k, i)| (k.to_string(), *i)).collect();
+        want.sort();
+        let n = of_type(&recs, "exchange").len();
+        let has_error = of_type(&recs, "finding")
+            .iter()
+            .any(|f| f["severity"] == "error");
+        let want_code = if has_error { 1 } else { 0 };
+        if got != want || n != *exchanges || code != want_code {
+            failures.push(format!(
+                "{name}: findings {got:?} (want {want:?}), exchanges {n} (want {exchanges}), exit {code} (want {want_code}) {err}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn every_finding_kind_is_produced_by_some_bundled_capture() {
+    let produced: std::collections::BTreeSet<&str> = EXPECTED
+        .iter()
+        .flat_map(|(_, _, f)| f.iter().map(|(k, _)| *k))
+        .collect();
+    for k in gatescope::findings::Kind::ALL {
+        // Two kinds are about gatescope itself or the proxy's requests, covered elsewhere
+        // (tests/adversarial.rs, tests/shared_captures.rs).
+        if matches!(k.name(), "limit_reached" | "malformed_request") {
+            continue;
+        }
+        assert!(
+            produced.contains(k.name()),
+            "no bundled capture produces {}",
+            k.name()
+        );
+    }
+}
+
+#[test]
+fn truncated_body_evidence_says_how_much_and_who_ended_it() {
+    let (_, recs, _) = analyze_json(&[&repo().join("captures/truncated_body_cl.pcap")], &[]);
+    let f = &of_type(&recs, "finding")[0];
+    assert_eq!(f["evidence"]["framing"], "content-length");
+    assert_eq!(f["evidence"]["expected"], 5000);
+    assert_eq!(f["evidence"]["received"], 2000);
+    assert_eq!(f["evidence"]["ended_by"], "server FIN");
+    assert_eq!(f["hint"]["nginx_status"], 502);
+    assert_eq!(f["hint"]["haproxy"], "SD");
+}
+
+#[test]
+fn keepalive_race_evidence_has_the_idle_time_and_the_fin_timing() {
+    let (_, recs, _) = analyze_json(&[&repo().join("captures/keepalive_race.pcap")], &[]);
+    let f = &of_type(&recs, "finding")[0];
+    let idle = f["evidence"]["idle_before_request_ms"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!((4800.0..5000.0).contains(&idle), "{f}");
+    assert_eq!(f["method"], "GET");
+}
+
+#[test]
+fn capture_gap_is_never_reported_as_truncation() {
+    for name in ["capture_gap", "snaplen_truncated"] {
+        let (_, recs, _) = analyze_json(&[&repo().join(format!("captures/{name}.pcap"))], &[]);
+        let kinds = finding_set(&recs);
+        assert!(
+            kinds.iter().all(|(k, _)| !k.starts_with("truncated")),
+            "{name}: {kinds:?}"
+        );
+        let f = of_type(&recs, "finding")
+            .into_iter()
+            .find(|f| f["kind"] == "capture_gap")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(f["confidence"], "low");
+    }
+}
+
+#[test]
+fn table_report_of_the_demo_shows_the_summary_and_the_connection_blocks() {
+    let out = run(&[
+        "analyze",
+        &repo().join("captures/demo.pcap").display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "keepalive_race",
+        "truncated_body",
+        "connect_refused",
+        "ttfb p50",
+        "wireshark: ip.addr==",
+        "nginx: upstream prematurely closed connection",
+    ] {
+        assert!(text.contains(needle), "table lacks {needle:?}:\n{text}");
+    }
+}
