@@ -188,7 +188,7 @@ impl Kind {
                 "UPE",
             ),
             Kind::MalformedHeader => h(
-                "upstream sent invalid header while reading response header from upstream",
+                "upstream sent invalid header while reading response header from upstream (a line without a colon is skipped silently)",
                 502,
                 "PH",
                 "UPE",
@@ -212,7 +212,7 @@ impl Kind {
                 "UPE",
             ),
             Kind::ContentLengthWithChunked => h(
-                "upstream sent \"Content-Length\" and \"Transfer-Encoding\" headers at the same time",
+                "upstream sent \"Content-Length\" and \"Transfer-Encoding\" headers at the same time (nginx >= 1.23; older nginx passes it on)",
                 502,
                 "-- (HAProxy drops Content-Length and closes)",
                 "UPE",

@@ -116,9 +116,9 @@ fn analyze(exchanges: &[(Cut, Cut)], req_total: usize, resp_total: usize) -> Vec
     let _ = a.finish(Vec::new());
     let recs = sink.0.lock().map(|v| v.clone()).unwrap_or_default();
     recs.iter()
-        .filter_map(|r| match r {
-            Record::Finding(f) => Some(format!("finding {} ex {:?}", f.kind, f.exchange)),
-            Record::Exchange(e) => Some(format!(
+        .map(|r| match r {
+            Record::Finding(f) => format!("finding {} ex {:?}", f.kind, f.exchange),
+            Record::Exchange(e) => format!(
                 "exchange {} {:?} {:?} {:?} {:?} req {} resp {}",
                 e.index, e.method, e.target, e.status, e.outcome, e.request_bytes, e.response_bytes
             )),
