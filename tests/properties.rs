@@ -121,11 +121,10 @@ fn analyze(exchanges: &[(Cut, Cut)], req_total: usize, resp_total: usize) -> Vec
             Record::Exchange(e) => format!(
                 "exchange {} {:?} {:?} {:?} {:?} req {} resp {}",
                 e.index, e.method, e.target, e.status, e.outcome, e.request_bytes, e.response_bytes
-            )),
-            Record::Connection(c) => Some(format!(
-                "connection {:?} {} {}",
-                c.close, c.exchanges, c.findings
-            )),
+            ),
+            Record::Connection(c) => {
+                format!("connection {:?} {} {}", c.close, c.exchanges, c.findings)
+            }
         })
         .collect()
 }

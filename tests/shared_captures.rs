@@ -130,7 +130,8 @@ fn teaching_captures_give_the_described_outcome() {
     let Some(root) = shared_or_skip("teaching") else {
         return;
     };
-    let cases: &[(&str, &[(&str, u64)], usize)] = &[
+    type Case<'a> = (&'a str, &'a [(&'a str, u64)], usize);
+    let cases: &[Case] = &[
         // 3 GETs; a segment inside the 3rd... (the 2nd in wire order of bodies) response
         // body is missing: a capture gap, never a truncated response. The exchange it touches
         // has outcome capture_gap.
