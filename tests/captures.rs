@@ -5,7 +5,9 @@ mod common;
 use common::*;
 
 /// (file stem, exchanges, expected findings as (kind, exchange index or 0)).
-const EXPECTED: &[(&str, usize, &[(&str, u64)])] = &[
+type Sample = (&'static str, usize, &'static [(&'static str, u64)]);
+
+const EXPECTED: &[Sample] = &[
     // Benign: nothing at all.
     ("benign_100_continue", 1, &[]),
     ("benign_chunked", 1, &[]),
