@@ -187,6 +187,10 @@ impl<W: Write + Send> Output for TableReport<W> {
         for n in notes {
             writeln!(w, "note: {n}")?;
         }
+        // Worst first (errors, then warnings), then in the order connections started.
+        let worst = |b: &Block| b.findings.iter().map(|f| f.severity).max();
+        self.done
+            .sort_by(|(c1, b1), (c2, b2)| worst(b2).cmp(&worst(b1)).then(c1.id.cmp(&c2.id)));
         for (c, b) in &self.done {
             write_block(w, c, b)?;
         }
