@@ -112,6 +112,9 @@ pub struct Common {
     /// Limit: out-of-order segments held per direction.
     #[arg(long, default_value_t = Limits::default().max_ooo_segments)]
     pub max_ooo_segments: usize,
+    /// Limit: out-of-order bytes held by all connections together.
+    #[arg(long, default_value_t = Limits::default().max_ooo_total)]
+    pub max_ooo_total: usize,
     /// Limit: headers per message.
     #[arg(long, default_value_t = Limits::default().max_headers)]
     pub max_headers: usize,
@@ -149,6 +152,7 @@ impl Common {
             max_connections: self.max_connections.max(1),
             max_ooo_bytes: self.max_ooo_bytes,
             max_ooo_segments: self.max_ooo_segments,
+            max_ooo_total: self.max_ooo_total,
             max_head_bytes: self.max_head_bytes,
             head_buffer_cap: self.head_buffer_cap.max(self.max_head_bytes),
             max_headers: self.max_headers,

@@ -213,12 +213,24 @@ pub struct FlowTable {
     backends: Arc<Vec<Backend>>,
     pub stats: FlowStats,
     max_connections: usize,
+    ooo: OooBudget,
+}
+
+/// Out-of-order bytes held by all of a table's connections, against `max_ooo_total`.
+#[derive(Debug, Default)]
+struct OooBudget {
+    held: usize,
+    cap: usize,
 }
 
 impl FlowTable {
     /// `share` divides `max_connections` when connections are sharded over workers.
     pub fn new(limits: Arc<Limits>, backends: Arc<Vec<Backend>>, share: usize) -> FlowTable {
         let max_connections = (limits.max_connections / share.max(1)).max(16);
+        let ooo = OooBudget {
+            held: 0,
+            cap: (limits.max_ooo_total / share.max(1)).max(limits.max_ooo_bytes),
+        };
         FlowTable {
             conns: FxHashMap::default(),
             deadlines: BinaryHeap::new(),
@@ -226,6 +238,7 @@ impl FlowTable {
             backends,
             stats: FlowStats::default(),
             max_connections,
+            ooo,
         }
     }
 
@@ -324,7 +337,15 @@ impl FlowTable {
         let Some(Entry::Live(c)) = self.conns.get_mut(&key) else {
             return;
         };
-        let done = Self::update(c, seg, &self.limits, &self.backends, &mut self.stats, ctx);
+        let done = Self::update(
+            c,
+            seg,
+            &self.limits,
+            &self.backends,
+            &mut self.stats,
+            &mut self.ooo,
+            ctx,
+        );
         if done {
             if let Some(Entry::Live(c)) = self.conns.remove(&key) {
                 let isn = c.syn.as_ref().map(|s| s.isn);
@@ -345,6 +366,7 @@ impl FlowTable {
         limits: &Limits,
         backends: &[Backend],
         stats: &mut FlowStats,
+        ooo: &mut OooBudget,
         ctx: &mut Ctx<'_>,
     ) -> bool {
         let d = if seg.src == c.a { 0 } else { 1 };
@@ -489,20 +511,33 @@ impl FlowTable {
                     first_gap: None,
                     offset: r.next_offset(),
                 };
+                let held_before = r.buffered();
                 let eff = r.segment(seq, seg.payload, seg.missing, flags.fin(), &mut sink);
+                ooo.held = (ooo.held + r.buffered()).saturating_sub(held_before);
+                let over_total = ooo.held > ooo.cap && r.buffered() > 0;
+                if over_total {
+                    // Every connection together holds too much out-of-order data: this one
+                    // gives its buffer up (its holes become capture gaps).
+                    let held = r.buffered();
+                    r.flush_holes(&mut sink);
+                    ooo.held = ooo.held.saturating_sub(held);
+                }
                 let (gaps, first_gap) = (sink.gaps, sink.first_gap);
                 stats.retransmitted_bytes += eff.retransmitted;
                 if eff.out_of_order {
                     stats.out_of_order_segments += 1;
                 }
-                if eff.overflowed {
+                if eff.overflowed || over_total {
                     stats.ooo_overflows += 1;
                     if !dir.overflow_reported {
                         dir.overflow_reported = true;
+                        let (limit, value) = if over_total {
+                            ("max_ooo_total", limits.max_ooo_total)
+                        } else {
+                            ("max_ooo_bytes", limits.max_ooo_bytes)
+                        };
                         let msg = format!(
-                            "more out-of-order data than gatescope holds ({} bytes / {} segments) in the {} direction; the hole was treated as a capture gap",
-                            limits.max_ooo_bytes,
-                            limits.max_ooo_segments,
+                            "more out-of-order data than gatescope holds ({limit} {value}) in the {} direction; the hole was treated as a capture gap",
                             side.as_str()
                         );
                         session.em.finding(
@@ -512,7 +547,9 @@ impl FlowTable {
                             &ExRef::default(),
                             None,
                             msg,
-                            evidence(json!({"limit": "max_ooo_bytes", "value": limits.max_ooo_bytes, "direction": side.as_str()})),
+                            evidence(
+                                json!({"limit": limit, "value": value, "direction": side.as_str()}),
+                            ),
                         );
                     }
                 }
@@ -540,7 +577,11 @@ impl FlowTable {
                     first_gap: None,
                     offset: r.next_offset(),
                 };
+                let held_before = r.buffered();
                 r.acked(seg.ack, &mut sink);
+                ooo.held = ooo
+                    .held
+                    .saturating_sub(held_before - r.buffered().min(held_before));
                 let (gaps, first_gap) = (sink.gaps, sink.first_gap);
                 dir.gaps += gaps;
                 if dir.first_gap.is_none() {
@@ -590,6 +631,7 @@ impl FlowTable {
                     first_gap: None,
                     offset: r.next_offset(),
                 };
+                self.ooo.held = self.ooo.held.saturating_sub(r.buffered());
                 r.flush(&mut sink);
                 let (gaps, first_gap) = (sink.gaps, sink.first_gap);
                 dir.gaps += gaps;

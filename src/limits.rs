@@ -11,6 +11,9 @@ pub struct Limits {
     pub max_ooo_bytes: usize,
     /// Out-of-order segments held per direction.
     pub max_ooo_segments: usize,
+    /// Out-of-order bytes held by all connections together; beyond it, the connection that
+    /// pushes the total over sheds its buffer (its holes become capture gaps).
+    pub max_ooo_total: usize,
     /// Bytes of one message head (status line + headers). Responses larger than this are
     /// `head_too_large` (nginx's proxy_buffer_size is 4 KiB on x86 by default).
     pub max_head_bytes: usize,
@@ -38,6 +41,7 @@ impl Default for Limits {
             max_connections: 100_000,
             max_ooo_bytes: 256 * 1024,
             max_ooo_segments: 256,
+            max_ooo_total: 64 << 20,
             max_head_bytes: 4096,
             head_buffer_cap: 64 * 1024,
             max_headers: 100,

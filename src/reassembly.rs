@@ -262,6 +262,13 @@ impl Reassembler {
         self.try_finish(sink);
     }
 
+    /// Gives up the out-of-order buffer: every hole before buffered data becomes a gap and
+    /// the data is delivered (a FIN beyond the buffer still waits).
+    pub fn flush_holes<S: StreamSink>(&mut self, sink: &mut S) {
+        while self.skip_to_first_piece(sink) {}
+        self.try_finish(sink);
+    }
+
     fn emit_gap<S: StreamSink>(&mut self, len: u64, sink: &mut S) {
         self.next += len;
         self.gap_bytes += len;

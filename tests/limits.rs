@@ -1,0 +1,76 @@
+//! Bounds that protect gatescope's memory say so when they bite.
+
+use gatescope::decode::{Flags, Segment};
+use gatescope::flow::FlowTable;
+use gatescope::limits::Limits;
+use gatescope::record::{OrderKey, Record};
+use gatescope::session::Ctx;
+use gatescope::time::Ts;
+use std::sync::Arc;
+
+fn seg<'a>(src: &str, dst: &str, seq: u32, ack: u32, flags: u8, payload: &'a [u8]) -> Segment<'a> {
+    Segment {
+        src: src.parse().expect("addr"),
+        dst: dst.parse().expect("addr"),
+        seq,
+        ack,
+        flags: Flags(flags),
+        window: 65535,
+        payload,
+        missing: 0,
+    }
+}
+
+#[test]
+fn out_of_order_data_of_all_connections_together_is_capped() {
+    let limits = Limits {
+        max_ooo_bytes: 16 * 1024,
+        max_ooo_total: 40 * 1024,
+        ..Limits::default()
+    };
+    let mut table = FlowTable::new(Arc::new(limits), Arc::new(Vec::new()), 1);
+    let mut out: Vec<(OrderKey, Record)> = Vec::new();
+    let chunk = vec![b'x'; 1000];
+    let mut frame = 0;
+    for conn in 0..3u16 {
+        let client = format!("10.0.0.1:{}", 40000 + conn);
+        let server = "10.0.0.2:8080";
+        let mut step = |s: Segment<'_>, out: &mut Vec<(OrderKey, Record)>| {
+            frame += 1;
+            let mut ctx = Ctx {
+                ts: Ts(frame as i64),
+                frame,
+                key_frame: frame,
+                out,
+            };
+            table.segment(&s, &mut ctx);
+        };
+        step(seg(&client, server, 100, 0, Flags::SYN, b""), &mut out);
+        step(
+            seg(server, &client, 500, 101, Flags::SYN | Flags::ACK, b""),
+            &mut out,
+        );
+        // 15 segments of 1000 bytes beyond a 10-byte hole (within the per-direction cap).
+        for i in 0..15u32 {
+            step(
+                seg(server, &client, 511 + i * 1000, 101, Flags::ACK, &chunk),
+                &mut out,
+            );
+        }
+    }
+    assert!(
+        table.buffered_bytes() <= 40 * 1024,
+        "held {}",
+        table.buffered_bytes()
+    );
+    let limits_hit: Vec<String> = out
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Record::Finding(f) if f.kind.name() == "limit_reached" => {
+                f.evidence.get("limit").map(|v| v.to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(limits_hit, vec!["\"max_ooo_total\"".to_string()]);
+}
