@@ -192,3 +192,11 @@ fn proxy_closing_first_on_an_incomplete_body_is_abandonment() {
         vec![("abandoned_by_client".to_string(), 1)]
     );
 }
+
+#[test]
+fn live_on_a_missing_interface_names_it_and_exits_2() {
+    let out = run(&["live", "-i", "nonexist0", "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nonexist0"), "{err}");
+}

@@ -163,6 +163,7 @@ impl<W: Write + Send> Output for TableReport<W> {
                 "p95",
                 "p99",
                 "max",
+                "findings",
             ]);
             for (addr, st) in &s.backends {
                 let q = |p: f64| ms(st.ttfb_us.quantile(p).map(|u| u as f64 / 1000.0));
@@ -176,6 +177,11 @@ impl<W: Write + Send> Output for TableReport<W> {
                     q(0.95),
                     q(0.99),
                     ms((st.ttfb_us.n > 0).then(|| st.ttfb_us.max as f64 / 1000.0)),
+                    st.findings
+                        .iter()
+                        .map(|(k, n)| format!("{k} ×{n}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 ]);
             }
             writeln!(w, "\n{}", table(b))?;
