@@ -493,6 +493,36 @@ impl FlowTable {
         } else {
             None
         };
+        // This segment's ACK covers the other direction: ACKed bytes never seen are a gap.
+        // Taken before the segment's own data and FIN: the ACK speaks of what the sender had
+        // received before it sent them (a proxy's FIN that acknowledges a response the
+        // capture missed must not read as the proxy giving up on it).
+        if flags.ack() {
+            let o = 1 - d;
+            let other_side = side.other();
+            let dir = &mut c.dirs[o];
+            if let Some(r) = dir.reasm.as_mut() {
+                let mut sink = SideSink {
+                    session,
+                    side: other_side,
+                    ctx,
+                    server_ack: None,
+                    gaps: 0,
+                    first_gap: None,
+                    offset: r.next_offset(),
+                };
+                let held_before = r.buffered();
+                r.acked(seg.ack, &mut sink);
+                ooo.held = ooo
+                    .held
+                    .saturating_sub(held_before - r.buffered().min(held_before));
+                let (gaps, first_gap) = (sink.gaps, sink.first_gap);
+                dir.gaps += gaps;
+                if dir.first_gap.is_none() {
+                    dir.first_gap = first_gap;
+                }
+            }
+        }
         if has_payload || flags.fin() {
             let seq = if flags.syn() {
                 seg.seq.wrapping_add(1)
@@ -559,33 +589,6 @@ impl FlowTable {
                 }
                 if flags.fin() {
                     dir.fin = true;
-                }
-            }
-        }
-        // This segment's ACK covers the other direction: ACKed bytes never seen are a gap.
-        if flags.ack() {
-            let o = 1 - d;
-            let other_side = side.other();
-            let dir = &mut c.dirs[o];
-            if let Some(r) = dir.reasm.as_mut() {
-                let mut sink = SideSink {
-                    session,
-                    side: other_side,
-                    ctx,
-                    server_ack: None,
-                    gaps: 0,
-                    first_gap: None,
-                    offset: r.next_offset(),
-                };
-                let held_before = r.buffered();
-                r.acked(seg.ack, &mut sink);
-                ooo.held = ooo
-                    .held
-                    .saturating_sub(held_before - r.buffered().min(held_before));
-                let (gaps, first_gap) = (sink.gaps, sink.first_gap);
-                dir.gaps += gaps;
-                if dir.first_gap.is_none() {
-                    dir.first_gap = first_gap;
                 }
             }
         }
