@@ -954,18 +954,7 @@ fn guess_client(c: &Conn, d: usize, payload: &[u8], backends: &[Backend]) -> usi
     if payload.starts_with(b"HTTP/") {
         return 1 - d;
     }
-    const METHODS: &[&[u8]] = &[
-        b"GET ",
-        b"POST ",
-        b"PUT ",
-        b"HEAD ",
-        b"DELETE ",
-        b"OPTIONS ",
-        b"PATCH ",
-        b"CONNECT ",
-        b"TRACE ",
-    ];
-    if METHODS.iter().any(|m| payload.starts_with(m)) {
+    if crate::h1::looks_like_request(payload) {
         return d;
     }
     if dst.port() < src.port() {

@@ -216,7 +216,8 @@ pub struct Parser {
     show_secrets: bool,
 }
 
-const METHODS: &[&[u8]] = &[
+/// Request-line starts recognised when looking for a message boundary.
+pub const METHODS: &[&[u8]] = &[
     b"GET ",
     b"POST ",
     b"PUT ",
@@ -233,6 +234,11 @@ const STATUS_EVIDENCE: usize = 64;
 
 /// Max characters of evidence taken from the wire.
 pub const EVIDENCE_CAP: usize = 200;
+
+/// Whether `data` starts like an HTTP/1.x request line.
+pub fn looks_like_request(data: &[u8]) -> bool {
+    METHODS.iter().any(|m| data.starts_with(m))
+}
 
 /// Escapes wire bytes for display: printable ASCII as is, everything else `\xNN`, capped.
 /// Terminal control bytes from the wire never reach the user's terminal.
@@ -495,7 +501,7 @@ impl Parser {
             let rest = &data[i..];
             match self.role {
                 Role::Response => rest.starts_with(b"HTTP/1."),
-                Role::Request => METHODS.iter().any(|m| rest.starts_with(m)),
+                Role::Request => looks_like_request(rest),
             }
         };
         if matches_at(0) {
