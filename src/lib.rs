@@ -16,6 +16,8 @@ pub mod cli;
 pub mod decode;
 pub mod findings;
 pub mod flow;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod h1;
 pub mod limits;
 pub mod pipeline;

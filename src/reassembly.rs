@@ -152,8 +152,11 @@ impl Reassembler {
         let total = payload.len() as u64 + u64::from(missing);
         if fin && !self.finished && self.fin_at.is_none() {
             let at = start.saturating_add(total as i64);
-            if at >= 0 {
+            // A FIN before bytes already delivered contradicts them (the first copy wins); one
+            // after them ends the stream there, and nothing held beyond it is kept.
+            if at >= self.next as i64 {
                 self.fin_at = Some(at as u64);
+                self.drop_beyond(at as u64);
             }
         }
         // Clip anything before offset 0 (data from before the stream as we know it).
@@ -170,6 +173,16 @@ impl Reassembler {
             (0u64, &payload[cut..], rest_missing)
         } else {
             (start as u64, payload, u64::from(missing))
+        };
+        // Bytes past the FIN are not part of the stream (RFC 9293 §3.10.7.4: segment text
+        // after a FIN is not processed).
+        let (payload, missing) = match self.fin_at {
+            Some(f) if start.saturating_add(payload.len() as u64 + missing) > f => {
+                let room = f.saturating_sub(start);
+                let keep = room.min(payload.len() as u64);
+                (&payload[..keep as usize], missing.min(room - keep))
+            }
+            _ => (payload, missing),
         };
         let total = payload.len() as u64 + missing;
 
@@ -267,6 +280,27 @@ impl Reassembler {
     pub fn flush_holes<S: StreamSink>(&mut self, sink: &mut S) {
         while self.skip_to_first_piece(sink) {}
         self.try_finish(sink);
+    }
+
+    /// Forgets buffered bytes at or past stream offset `end` (where the FIN is).
+    fn drop_beyond(&mut self, end: u64) {
+        for (_, piece) in self.ooo.split_off(&end) {
+            if let Piece::Data(d) = piece {
+                self.ooo_bytes -= d.len();
+            }
+        }
+        if let Some(mut last) = self.ooo.last_entry() {
+            // Starts before `end`, so at least one byte is kept.
+            let keep = end - *last.key();
+            match last.get_mut() {
+                Piece::Data(d) if d.len() as u64 > keep => {
+                    self.ooo_bytes -= d.len() - keep as usize;
+                    d.truncate(keep as usize);
+                }
+                Piece::Missing(n) if *n > keep => *n = keep,
+                _ => {}
+            }
+        }
     }
 
     fn emit_gap<S: StreamSink>(&mut self, len: u64, sink: &mut S) {

@@ -136,6 +136,9 @@ struct Exch {
     req_offset: u64,
     req_bytes: u64,
     req_done: bool,
+    /// The rest of the request was lost in a capture gap (the parser lost sync): it will
+    /// never end, and the next request is a new exchange.
+    req_lost: bool,
     /// Time since the previous exchange on this connection ended (keep-alive reuse).
     idle_before_us: Option<u64>,
     /// The backend had already closed (when, how) when this request started.
@@ -279,7 +282,7 @@ impl Session {
     fn requesting(&self) -> Option<usize> {
         self.pending
             .iter()
-            .rposition(|e| !e.req_done && !e.unsolicited)
+            .rposition(|e| !e.req_done && !e.req_lost && !e.unsolicited)
     }
 
     /// Whether any response is owed (a request was seen and its response did not complete).
@@ -355,7 +358,8 @@ impl Session {
                     evidence(json!({"limit": "max_pending", "value": self.max_pending})),
                 );
             }
-            if let Some(old) = self.pending.pop_front() {
+            // An exchange already written (its response came first) is only dropped.
+            if let Some(old) = self.pending.pop_front().filter(|e| !e.emitted) {
                 self.emit_exchange(old, Outcome::InFlight, ctx);
             }
         }
@@ -758,10 +762,16 @@ impl Session {
     pub fn gap(&mut self, side: Side, len: u64, ctx: &mut Ctx<'_>) {
         match side {
             Side::Client => {
-                if let Some(i) = self.requesting() {
+                let requesting = self.requesting();
+                if let Some(i) = requesting {
                     self.pending[i].gap = true;
                 }
-                self.req.gap(len);
+                if !self.req.gap(len) {
+                    if let Some(i) = requesting {
+                        self.pending[i].req_lost = true;
+                    }
+                    self.retire();
+                }
                 self.client_off += len;
                 // A gap that completed a body leaves an `End` owed.
                 if self.req.owes_step() {
@@ -1113,12 +1123,13 @@ impl Session {
     fn emit_at(&mut self, i: usize, ctx: &mut Ctx<'_>) {
         let e = std::mem::take(&mut self.pending[i]);
         let outcome = e.outcome.unwrap_or(Outcome::Complete);
-        let (index, req_done) = (e.index, e.req_done);
+        let (index, req_done, req_lost) = (e.index, e.req_done, e.req_lost);
         self.emit_exchange(e, outcome, ctx);
         // Keep a placeholder so request-side bookkeeping of a still-streaming request holds.
         let p = &mut self.pending[i];
         p.index = index;
         p.req_done = req_done;
+        p.req_lost = req_lost;
         p.resp_done = true;
         p.emitted = true;
     }
@@ -1128,7 +1139,7 @@ impl Session {
         while self
             .pending
             .front()
-            .is_some_and(|e| e.emitted && e.req_done)
+            .is_some_and(|e| e.emitted && (e.req_done || e.req_lost))
         {
             self.pending.pop_front();
         }

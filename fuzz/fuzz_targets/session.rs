@@ -1,0 +1,8 @@
+//! `cargo fuzz run session`: see `gatescope::fuzzing::session` for the input format and what is checked.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    gatescope::fuzzing::session(data);
+});

@@ -1,0 +1,120 @@
+//! Every input a fuzzer found a problem with, replayed through the same harness
+//! (`gatescope::fuzzing`) in the normal test run. Inputs live in
+//! `tests/fuzz-regressions/<target>/`, named for what they broke; a new crash from
+//! `cargo fuzz run <target>` is added there by copying `fuzz/artifacts/<target>/crash-*`.
+
+use gatescope::fuzzing;
+use gatescope::limits::Limits;
+use gatescope::record::{OrderKey, Record, Side};
+use gatescope::session::{CloseKind, Ctx, Emitter, Session};
+use gatescope::time::Ts;
+use std::path::PathBuf;
+
+fn dir(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fuzz-regressions")
+        .join(target)
+}
+
+#[test]
+fn every_saved_fuzz_input_passes_its_harness() {
+    let mut failures = Vec::new();
+    let mut replayed = 0;
+    for target in fuzzing::TARGETS {
+        let Ok(entries) = std::fs::read_dir(dir(target)) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        for file in files {
+            let data = std::fs::read(&file).expect("read a saved fuzz input");
+            replayed += 1;
+            let ok = std::panic::catch_unwind(|| fuzzing::run(target, &data));
+            if !matches!(ok, Ok(true)) {
+                failures.push(file.display().to_string());
+            }
+        }
+    }
+    assert!(failures.is_empty(), "harness failed on: {failures:#?}");
+    assert!(replayed > 0, "no saved fuzz inputs found");
+}
+
+#[test]
+fn saved_inputs_sit_under_a_known_target() {
+    let root = dir("");
+    for entry in std::fs::read_dir(&root).expect("tests/fuzz-regressions") {
+        let name = entry.expect("entry").file_name();
+        let name = name.to_string_lossy();
+        assert!(
+            fuzzing::TARGETS.contains(&name.as_ref()),
+            "tests/fuzz-regressions/{name} is not a fuzz target"
+        );
+    }
+}
+
+/// A request whose end was lost in a capture gap must not stay at the head of the queue: with
+/// it there, every later exchange on the keep-alive connection piled up behind it until
+/// `max_pending` reported a limit that was never reached (and wrote the lost one twice).
+#[test]
+fn a_request_lost_in_a_gap_does_not_pin_the_pending_queue() {
+    let limits = Limits::default();
+    let mut s = Session::new(
+        Emitter::new(
+            1,
+            "10.0.0.1:40000".parse().expect("addr"),
+            "10.0.0.2:8080".parse().expect("addr"),
+        ),
+        &limits,
+        false,
+        false,
+    );
+    let mut out: Vec<(OrderKey, Record)> = Vec::new();
+    let mut frame = 0u64;
+    let mut step = |f: &mut dyn FnMut(&mut Session, &mut Ctx<'_>)| {
+        frame += 1;
+        let mut ctx = Ctx {
+            ts: Ts(1_700_000_000_000_000 + frame as i64 * 1000),
+            frame,
+            key_frame: frame,
+            out: &mut out,
+        };
+        f(&mut s, &mut ctx);
+    };
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    // The head of request 1 is cut by a gap; its response still arrives.
+    step(&mut |s, c| s.client_data(b"GET /1 HTTP/1.1\r\nHost: b\r\n", c));
+    step(&mut |s, c| s.gap(Side::Client, 10, c));
+    step(&mut |s, c| s.server_data(resp, c));
+    for i in 2..(limits.max_pending as u32 + 10) {
+        let req = format!("GET /{i} HTTP/1.1\r\nHost: b\r\n\r\n");
+        step(&mut |s, c| s.client_data(req.as_bytes(), c));
+        step(&mut |s, c| s.server_data(resp, c));
+    }
+    step(&mut |s, c| s.client_close(CloseKind::Fin, c));
+    step(&mut |s, c| s.server_close(CloseKind::Fin, None, c));
+    let mut ctx = Ctx {
+        ts: Ts(1_800_000_000_000_000),
+        frame: frame + 1,
+        key_frame: u64::MAX,
+        out: &mut out,
+    };
+    s.finish(ctx.ts, &mut ctx);
+    let limits_hit = out
+        .iter()
+        .filter(|(_, r)| matches!(r, Record::Finding(f) if f.kind.name() == "limit_reached"))
+        .count();
+    assert_eq!(limits_hit, 0, "no limit was reached");
+    let mut indices: Vec<u32> = out
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Record::Exchange(e) => Some(e.index),
+            _ => None,
+        })
+        .collect();
+    let n = indices.len();
+    indices.sort_unstable();
+    indices.dedup();
+    assert_eq!(indices.len(), n, "an exchange was written twice");
+    assert_eq!(n as u32, limits.max_pending as u32 + 9);
+}
