@@ -224,6 +224,9 @@ pub struct Session {
     /// The proxy reset after its FIN: its FIN was a full close (it had given up), not a
     /// half-close.
     client_reset_after_fin: bool,
+    /// A capture gap on the client side may have swallowed whole requests since the last one
+    /// seen.
+    requests_lost: bool,
     slow_first_byte_us: u64,
     max_pending: usize,
     pending_limit_hit: bool,
@@ -267,6 +270,7 @@ impl Session {
             midstream: midstream_client || midstream_server,
             server_spoke_after_client_fin: false,
             client_reset_after_fin: false,
+            requests_lost: false,
             slow_first_byte_us: limits.slow_first_byte_us,
             max_pending: limits.max_pending,
             pending_limit_hit: false,
@@ -365,6 +369,7 @@ impl Session {
         }
         let index = self.next_index;
         self.next_index += 1;
+        self.requests_lost = false;
         let mut e = Exch {
             index,
             req_start: Some((ctx.ts, ctx.frame)),
@@ -553,11 +558,16 @@ impl Session {
         if self.answering().is_none() {
             let index = self.next_index;
             self.next_index += 1;
+            // With requests lost in a capture gap, this answers one of them: its outcome is
+            // the gap, not a protocol fault.
+            let lost = self.requests_lost;
             self.pending.push_back(Exch {
                 index,
-                unsolicited: true,
+                unsolicited: !lost,
                 req_done: true,
                 explained: true,
+                gap: lost,
+                outcome: lost.then_some(Outcome::CaptureGap),
                 ..Exch::default()
             });
         }
@@ -767,8 +777,11 @@ impl Session {
                     self.pending[i].gap = true;
                 }
                 if !self.req.gap(len) {
-                    if let Some(i) = requesting {
-                        self.pending[i].req_lost = true;
+                    match requesting {
+                        Some(i) => self.pending[i].req_lost = true,
+                        // Whole requests may have been in the gap: their responses are not
+                        // unsolicited.
+                        None => self.requests_lost = true,
                     }
                     self.retire();
                 }

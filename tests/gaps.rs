@@ -1,0 +1,59 @@
+//! Capture gaps are a fact about the capture: what they hide gets no verdict.
+
+mod common;
+use common::*;
+use gatescope::synth::{Conversation, LinkType, PcapWriter};
+
+fn write(conv: Conversation) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gap.pcap");
+    let file = std::fs::File::create(&path).expect("create");
+    let mut w = PcapWriter::new(file, LinkType::Ethernet).expect("pcap");
+    for (ts, p) in conv.into_packets() {
+        w.write_packet(ts, &p).expect("write");
+    }
+    drop(w);
+    (dir, path)
+}
+
+const REQ: &[u8] = b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n";
+const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+
+#[test]
+fn a_response_to_a_request_lost_in_a_gap_is_not_unsolicited() {
+    let mut c = Conversation::new(
+        "10.0.0.1:40000".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.handshake().client_send(REQ).server_send(RESP);
+    // The second request never made it into the capture; the backend acknowledges it.
+    c.advance(1000).skip(true, REQ.len() as u64).ack(false);
+    c.server_send(RESP).advance(1000).client_fin().server_fin();
+    let (_d, path) = write(c);
+    let (code, recs, _) = analyze_json(&[&path], &[]);
+    assert_eq!(finding_set(&recs), vec![("capture_gap".to_string(), 0)]);
+    assert_eq!(code, 0);
+    let outcomes: Vec<&str> = of_type(&recs, "exchange")
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(outcomes, ["complete", "capture_gap"]);
+}
+
+#[test]
+fn a_proxy_fin_acknowledging_a_response_the_capture_missed_is_not_abandonment() {
+    let mut c = Conversation::new(
+        "10.0.0.1:40001".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.handshake().client_send(REQ);
+    // The whole response was dropped by the capture; the proxy got it and closes.
+    c.advance(500).skip(false, RESP.len() as u64);
+    c.advance(500).client_fin().server_fin();
+    let (_d, path) = write(c);
+    let (code, recs, _) = analyze_json(&[&path], &[]);
+    assert_eq!(finding_set(&recs), vec![("capture_gap".to_string(), 0)]);
+    assert_eq!(code, 0);
+}
