@@ -1,6 +1,8 @@
 //! JSON Lines: one flat object per line, tagged by `"type"` (`finding`, `exchange`,
 //! `connection`, and a final `summary`). The schema is documented in the README; field names
-//! are stable. Every line is flushed in live mode so a log shipper sees findings at once.
+//! are stable. In live mode every finding is flushed at once so a log shipper sees it while
+//! the incident lasts; exchange and connection lines are flushed with it or within 100 ms of
+//! the previous flush (a write per exchange would cost more than the analysis under load).
 
 use crate::pipeline::Output;
 use crate::record::Record;
@@ -12,6 +14,7 @@ pub struct JsonLines<W: Write + Send> {
     /// Fields added to every line (e.g. host, interface) for log pipelines.
     extra: serde_json::Map<String, serde_json::Value>,
     flush_each: bool,
+    last_flush: std::time::Instant,
 }
 
 impl<W: Write + Send> JsonLines<W> {
@@ -20,10 +23,11 @@ impl<W: Write + Send> JsonLines<W> {
             w,
             extra,
             flush_each,
+            last_flush: std::time::Instant::now(),
         }
     }
 
-    fn line(&mut self, mut v: serde_json::Value) -> io::Result<()> {
+    fn line(&mut self, mut v: serde_json::Value, urgent: bool) -> io::Result<()> {
         if let serde_json::Value::Object(m) = &mut v {
             for (k, x) in &self.extra {
                 m.insert(k.clone(), x.clone());
@@ -31,8 +35,15 @@ impl<W: Write + Send> JsonLines<W> {
         }
         serde_json::to_writer(&mut self.w, &v)?;
         self.w.write_all(b"\n")?;
-        if self.flush_each {
+        self.maybe_flush(urgent)
+    }
+
+    fn maybe_flush(&mut self, urgent: bool) -> io::Result<()> {
+        if self.flush_each
+            && (urgent || self.last_flush.elapsed() >= std::time::Duration::from_millis(100))
+        {
             self.w.flush()?;
+            self.last_flush = std::time::Instant::now();
         }
         Ok(())
     }
@@ -40,20 +51,18 @@ impl<W: Write + Send> JsonLines<W> {
 
 impl<W: Write + Send> Output for JsonLines<W> {
     fn record(&mut self, r: &Record) -> io::Result<()> {
+        let urgent = matches!(r, Record::Finding(_));
         if self.extra.is_empty() {
             serde_json::to_writer(&mut self.w, r)?;
             self.w.write_all(b"\n")?;
-            if self.flush_each {
-                self.w.flush()?;
-            }
-            return Ok(());
+            return self.maybe_flush(urgent);
         }
         let v = serde_json::to_value(r).map_err(io::Error::other)?;
-        self.line(v)
+        self.line(v, urgent)
     }
 
     fn summary(&mut self, s: &Summary) -> io::Result<()> {
-        self.line(s.to_json())?;
+        self.line(s.to_json(), true)?;
         self.w.flush()
     }
 }
