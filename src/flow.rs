@@ -333,6 +333,7 @@ impl FlowTable {
             self.deadlines.push(Reverse((dl, ctx.frame, key)));
             self.conns.insert(key, entry);
             self.stats.peak_connections = self.stats.peak_connections.max(self.conns.len() as u64);
+            self.compact_deadlines();
         }
         let Some(Entry::Live(c)) = self.conns.get_mut(&key) else {
             return;
@@ -796,6 +797,30 @@ impl FlowTable {
             errors: session.em.errors,
         };
         session.em.push(ctx, Record::Connection(rec));
+    }
+
+    /// Deadlines of connections that were replaced on their 4-tuple are dropped only when they
+    /// come due: a 4-tuple that starts connection after connection while packet time stands
+    /// still (a SYN flood with changing ISNs) grew the heap with the capture. When it holds far
+    /// more entries than the table, it is rebuilt from the table (amortised O(1) per
+    /// connection).
+    fn compact_deadlines(&mut self) {
+        if self.deadlines.len() <= 2 * self.conns.len() + 1024 {
+            return;
+        }
+        let live: Vec<Reverse<(Ts, ConnId, Key)>> = self
+            .conns
+            .iter()
+            .map(|(k, e)| {
+                let id = match e {
+                    Entry::Live(c) => c.id,
+                    // Tombstones are not matched by id.
+                    Entry::Closed { .. } => 0,
+                };
+                Reverse((self.deadline(e), id, *k))
+            })
+            .collect();
+        self.deadlines = BinaryHeap::from(live);
     }
 
     /// Evicts the connection closest to its idle deadline.

@@ -199,10 +199,6 @@ pub struct Parser {
     framing: Framing,
     /// Bytes of the current chunk-size line (bounded).
     line: Vec<u8>,
-    /// Head bytes seen past the buffer cap (not kept).
-    head_overflow: usize,
-    /// Last byte(s) of head when scanning past the buffer cap.
-    tail: [u8; 3],
     too_large_reported: bool,
     /// The response did not start with "HTTP/"; collecting its first line as evidence.
     bad_start: bool,
@@ -291,8 +287,6 @@ impl Parser {
             body: 0,
             framing: Framing::None,
             line: Vec::new(),
-            head_overflow: 0,
-            tail: [0; 3],
             too_large_reported: false,
             pending_end: false,
             bad_start: false,
@@ -337,7 +331,7 @@ impl Parser {
         match &self.state {
             State::Idle => Position::Idle,
             State::Head | State::AwaitHeadParse | State::AwaitFraming => Position::InHead {
-                bytes: (self.buf.len() + self.head_overflow) as u64,
+                bytes: self.buf.len() as u64,
             },
             State::Length { left } => Position::InBody {
                 framing: self.framing,
@@ -436,7 +430,6 @@ impl Parser {
         match &mut self.state {
             State::Idle => {
                 self.buf.clear();
-                self.head_overflow = 0;
                 self.too_large_reported = false;
                 self.body = 0;
                 self.framing = Framing::None;
@@ -586,33 +579,22 @@ impl Parser {
                     }),
                 );
             }
-            if self.buf.len() >= self.head_buffer_cap {
-                let l = self.buf.len();
-                self.tail.copy_from_slice(&self.buf[l - 3..]);
+            if self.buf.len() < self.head_buffer_cap {
+                return (take, Step::NeedMore);
             }
-            return (take, Step::NeedMore);
+            return (take, self.head_over_cap());
         }
-        // Past the buffer cap: scan for the end without keeping bytes; the head cannot be
-        // parsed, so the stream is unframeable afterwards.
-        let chunk = &data[..data.len().min(64 * 1024)];
-        let mut window = Vec::with_capacity(chunk.len() + 3);
-        window.extend_from_slice(&self.tail);
-        window.extend_from_slice(chunk);
-        if let Some(end) = head_end(&window, 0) {
-            let consumed = end - 3;
-            self.head_overflow += consumed;
-            self.state = State::Broken;
-            return (
-                consumed,
-                Step::Broken(Violation::Limit {
-                    which: "head_buffer_cap",
-                    limit: self.head_buffer_cap,
-                }),
-            );
-        }
-        self.head_overflow += chunk.len();
-        self.tail.copy_from_slice(&window[window.len() - 3..]);
-        (chunk.len(), Step::NeedMore)
+        (0, self.head_over_cap())
+    }
+
+    /// The buffer is full and the head has not ended: it cannot be parsed, nor the stream
+    /// framed after it. Said when the cap is reached, not when (if ever) the head ends.
+    fn head_over_cap(&mut self) -> Step {
+        self.state = State::Broken;
+        Step::Broken(Violation::Limit {
+            which: "head_buffer_cap",
+            limit: self.head_buffer_cap,
+        })
     }
 
     /// Parses the complete head in `buf`.

@@ -13,6 +13,9 @@
 //!   truncating frames to the snaplen.
 //! * [`push_ethernet_ipv4_tcp`] is the allocation-free fast path for bulk generation: it writes
 //!   Ethernet + IPv4 + TCP headers with both checksums straight into a reusable buffer.
+//! * [`adversarial`] builds hostile and broken traffic that pushes each of gatescope's bounds.
+
+pub mod adversarial;
 
 use etherparse::{
     IpHeaders, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder, TcpHeader, TcpOptionElement,

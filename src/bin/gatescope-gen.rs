@@ -4,8 +4,11 @@
 //!   scenario, byte-for-byte deterministic); see `captures/README.md`.
 //! * `gatescope-gen bulk --out FILE --size BYTES --seed N` writes a large, realistic keep-alive
 //!   capture fast, for benchmarks, and prints on stderr how many faults it injected.
+//! * `gatescope-gen adversarial KIND --out FILE [--count N]` writes hostile or broken traffic
+//!   that pushes one of gatescope's bounds (`gatescope::synth::adversarial`).
 
 use clap::{Parser, Subcommand};
+use gatescope::synth::adversarial::Attack;
 use gatescope::synth::{
     merge_by_time, push_ethernet_ipv4_tcp, Conversation, LinkType, PcapOptions, SplitMix64,
     Tcp4Segment, TcpFlags,
@@ -69,6 +72,44 @@ enum Cmd {
         #[arg(long, default_value_t = 0.001)]
         fault_rate: f64,
     },
+    /// Write hostile or broken traffic that pushes one of gatescope's bounds.
+    Adversarial {
+        /// syn-flood, ooo-flood, endless-head, tiny-chunks, huge-chunk, huge-content-length or
+        /// many-pending (`--list` says what each is and what gatescope should report).
+        #[arg(required_unless_present = "list", value_parser = parse_attack)]
+        kind: Option<Attack>,
+        /// Output pcap file.
+        #[arg(long, required_unless_present = "list")]
+        out: Option<PathBuf>,
+        /// Size of the attack (SYNs, segments, bytes, chunks or requests, by kind); the
+        /// default is the full size.
+        #[arg(long)]
+        count: Option<u64>,
+        /// List the kinds, their default counts and what gatescope should report, and exit.
+        #[arg(long)]
+        list: bool,
+    },
+}
+
+fn parse_attack(s: &str) -> Result<Attack, String> {
+    Attack::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = Attack::ALL.iter().map(|a| a.name()).collect();
+        format!("unknown kind '{s}'; one of: {}", names.join(", "))
+    })
+}
+
+fn adversarial(kind: Attack, out: &Path, count: Option<u64>) -> io::Result<()> {
+    let started = Instant::now();
+    let count = count.unwrap_or_else(|| kind.default_count());
+    let file = BufWriter::with_capacity(1 << 20, File::create(out)?);
+    let frames = gatescope::synth::adversarial::write_pcap(kind, count, file)?;
+    eprintln!(
+        "{}: count {count}, {frames} packets, {:.2} s; expect: {}",
+        kind.name(),
+        started.elapsed().as_secs_f64(),
+        kind.expected()
+    );
+    Ok(())
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -123,6 +164,23 @@ fn main() -> ExitCode {
             connections_concurrent,
             fault_rate,
         } => bulk(&out, size, seed, connections_concurrent.max(1), fault_rate),
+        Cmd::Adversarial {
+            kind: Some(kind),
+            out: Some(out),
+            count,
+            list: false,
+        } => adversarial(kind, &out, count),
+        Cmd::Adversarial { .. } => {
+            for a in Attack::ALL {
+                println!(
+                    "{:<20} {:>10}  {}",
+                    a.name(),
+                    a.default_count(),
+                    a.expected()
+                );
+            }
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
