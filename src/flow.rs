@@ -264,11 +264,15 @@ impl FlowTable {
 
     fn deadline(&self, e: &Entry) -> Ts {
         match e {
-            Entry::Closed { at, .. } => Ts(at.0 + LINGER_US as i64),
+            // Saturating: a capture's timestamps can be anywhere in i64 (pcapng).
+            Entry::Closed { at, .. } => Ts(at.0.saturating_add_unsigned(LINGER_US)),
             Entry::Live(c) if c.syn.is_some() && !c.synack && !c.server_spoke => {
-                Ts(c.last.0 + SYN_WAIT_US as i64)
+                Ts(c.last.0.saturating_add_unsigned(SYN_WAIT_US))
             }
-            Entry::Live(c) => Ts(c.last.0 + self.limits.idle_timeout_us as i64),
+            Entry::Live(c) => {
+                let idle = self.limits.idle_timeout_us;
+                Ts(c.last.0.saturating_add_unsigned(idle))
+            }
         }
     }
 

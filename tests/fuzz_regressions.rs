@@ -2,6 +2,11 @@
 //! (`gatescope::fuzzing`) in the normal test run. Inputs live in
 //! `tests/fuzz-regressions/<target>/`, named for what they broke; a new crash from
 //! `cargo fuzz run <target>` is added there by copying `fuzz/artifacts/<target>/crash-*`.
+//!
+//! `tests/fuzz-regressions/open/<target>/` holds inputs that still fail, waiting for a fix;
+//! `cargo test --test fuzz_regressions -- --ignored` replays them (in a debug build: some fail
+//! only with overflow checks, as under `cargo fuzz`). Once fixed, an input moves
+//! up to its target's directory.
 
 use gatescope::fuzzing;
 use gatescope::limits::Limits;
@@ -17,12 +22,12 @@ fn dir(target: &str) -> PathBuf {
         .join(target)
 }
 
-#[test]
-fn every_saved_fuzz_input_passes_its_harness() {
+/// Replays every input under `root/<target>/`; returns (inputs replayed, the ones that failed).
+fn replay(root: &str) -> (usize, Vec<String>) {
     let mut failures = Vec::new();
     let mut replayed = 0;
     for target in fuzzing::TARGETS {
-        let Ok(entries) = std::fs::read_dir(dir(target)) else {
+        let Ok(entries) = std::fs::read_dir(dir(root).join(target)) else {
             continue;
         };
         let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -36,8 +41,22 @@ fn every_saved_fuzz_input_passes_its_harness() {
             }
         }
     }
+    (replayed, failures)
+}
+
+#[test]
+fn every_saved_fuzz_input_passes_its_harness() {
+    let (replayed, failures) = replay("");
     assert!(failures.is_empty(), "harness failed on: {failures:#?}");
     assert!(replayed > 0, "no saved fuzz inputs found");
+}
+
+/// Inputs found but not fixed yet (see the module doc); passes once they are all fixed.
+#[test]
+#[ignore = "inputs waiting for a fix"]
+fn open_fuzz_inputs() {
+    let (_, failures) = replay("open");
+    assert!(failures.is_empty(), "still failing: {failures:#?}");
 }
 
 #[test]
@@ -47,7 +66,7 @@ fn saved_inputs_sit_under_a_known_target() {
         let name = entry.expect("entry").file_name();
         let name = name.to_string_lossy();
         assert!(
-            fuzzing::TARGETS.contains(&name.as_ref()),
+            name == "open" || fuzzing::TARGETS.contains(&name.as_ref()),
             "tests/fuzz-regressions/{name} is not a fuzz target"
         );
     }

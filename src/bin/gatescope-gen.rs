@@ -74,8 +74,9 @@ enum Cmd {
     },
     /// Write hostile or broken traffic that pushes one of gatescope's bounds.
     Adversarial {
-        /// syn-flood, ooo-flood, endless-head, tiny-chunks, huge-chunk, huge-content-length or
-        /// many-pending (`--list` says what each is and what gatescope should report).
+        /// syn-flood, ooo-flood, endless-head, tiny-chunks, huge-chunk, huge-content-length,
+        /// many-pending or isn-churn (`--list` says what each is and what gatescope should
+        /// report).
         #[arg(required_unless_present = "list", value_parser = parse_attack)]
         kind: Option<Attack>,
         /// Output pcap file.

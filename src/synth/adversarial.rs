@@ -42,10 +42,13 @@ pub enum Attack {
     HugeContentLength,
     /// `count` pipelined requests on one connection, none answered.
     ManyPending,
+    /// `count` SYNs on one 4-tuple, each with a new ISN (each starts a new connection), all
+    /// at the same packet time.
+    IsnChurn,
 }
 
 impl Attack {
-    pub const ALL: [Attack; 7] = [
+    pub const ALL: [Attack; 8] = [
         Attack::SynFlood,
         Attack::OooFlood,
         Attack::EndlessHead,
@@ -53,6 +56,7 @@ impl Attack {
         Attack::HugeChunk,
         Attack::HugeContentLength,
         Attack::ManyPending,
+        Attack::IsnChurn,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +68,7 @@ impl Attack {
             Attack::HugeChunk => "huge-chunk",
             Attack::HugeContentLength => "huge-content-length",
             Attack::ManyPending => "many-pending",
+            Attack::IsnChurn => "isn-churn",
         }
     }
 
@@ -81,6 +86,7 @@ impl Attack {
             Attack::TinyChunks => 10_000_000,
             Attack::HugeChunk | Attack::HugeContentLength => 1 << 20,
             Attack::ManyPending => 10_000,
+            Attack::IsnChurn => 2_000_000,
         }
     }
 
@@ -100,6 +106,7 @@ impl Attack {
                 "truncated_body for u64::MAX, invalid_content_length for 2^64"
             }
             Attack::ManyPending => "limit_reached max_pending once",
+            Attack::IsnChurn => "one connection tracked at a time; nothing grows with the count",
         }
     }
 }
@@ -136,6 +143,7 @@ where
             huge(&mut w, &heads, count)?
         }
         Attack::ManyPending => many_pending(&mut w, count)?,
+        Attack::IsnChurn => isn_churn(&mut w, count)?,
     }
     Ok(w.frames)
 }
@@ -311,6 +319,28 @@ fn syn_flood<F: FnMut(i64, &[u8]) -> io::Result<()>>(
             window: 65_535,
         };
         w.ts = T0 + i as i64;
+        w.frame(&seg, &MSS_OPTION, &[])?;
+    }
+    Ok(())
+}
+
+fn isn_churn<F: FnMut(i64, &[u8]) -> io::Result<()>>(
+    w: &mut Wire<F>,
+    count: u64,
+) -> io::Result<()> {
+    let client = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 40_004);
+    for i in 0..count {
+        let seg = Tcp4Segment {
+            src: client,
+            dst: SERVER,
+            ip_id: i as u16,
+            ttl: 64,
+            seq: (i as u32).wrapping_mul(0x9e37_79b9),
+            ack: 0,
+            flags: TcpFlags::SYN,
+            window: 65_535,
+        };
+        w.ts = T0;
         w.frame(&seg, &MSS_OPTION, &[])?;
     }
     Ok(())
