@@ -137,3 +137,36 @@ fn a_request_lost_in_a_gap_does_not_pin_the_pending_queue() {
     assert_eq!(indices.len(), n, "an exchange was written twice");
     assert_eq!(n as u32, limits.max_pending as u32 + 9);
 }
+
+/// `--max-head-bytes 1 --head-buffer-cap 1` used to panic (the head scanner kept the last
+/// three bytes of a full buffer, and a buffer of one byte has no three).
+#[test]
+fn head_buffers_smaller_than_a_line_end_do_not_panic() {
+    use gatescope::h1::{Parser, Role, Step};
+    for cap in 0..6 {
+        let limits = Limits {
+            max_head_bytes: cap,
+            head_buffer_cap: cap,
+            ..Limits::default()
+        };
+        for role in [Role::Request, Role::Response] {
+            let mut p = Parser::new(role, &limits);
+            let mut d: &[u8] =
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+            let mut broke = false;
+            for _ in 0..1000 {
+                if d.is_empty() {
+                    break;
+                }
+                let (n, step) = p.step(d);
+                d = &d[n..];
+                broke |= matches!(step, Step::Broken(_));
+            }
+            assert!(d.is_empty(), "cap {cap}: stuck");
+            assert!(
+                broke || cap > 3,
+                "cap {cap}: no head fits, so the stream breaks"
+            );
+        }
+    }
+}
