@@ -280,6 +280,25 @@ impl FlowTable {
     pub fn segment(&mut self, seg: &Segment<'_>, ctx: &mut Ctx<'_>) {
         let key = Key::new(seg.src, seg.dst);
         let is_new_syn = seg.flags.syn() && !seg.flags.ack();
+        // Nearly every segment: one of a live connection that does not start a new one. One
+        // hash lookup instead of three (the table lookups were a tenth of the analysis time).
+        if !is_new_syn {
+            if let Some(Entry::Live(c)) = self.conns.get_mut(&key) {
+                let done = Self::update(
+                    c,
+                    seg,
+                    &self.limits,
+                    &self.backends,
+                    &mut self.stats,
+                    &mut self.ooo,
+                    ctx,
+                );
+                if done {
+                    self.close(key, ctx);
+                }
+                return;
+            }
+        }
         let mut replace = false;
         match self.conns.get_mut(&key) {
             // A SYN with a new ISN on a 4-tuple we still think is open: the old one ended
@@ -352,15 +371,20 @@ impl FlowTable {
             ctx,
         );
         if done {
-            if let Some(Entry::Live(c)) = self.conns.remove(&key) {
-                let isn = c.syn.as_ref().map(|s| s.isn);
-                let at = ctx.ts;
-                self.finish(*c, None, ctx);
-                let entry = Entry::Closed { at, isn };
-                let dl = self.deadline(&entry);
-                self.deadlines.push(Reverse((dl, ctx.frame, key)));
-                self.conns.insert(key, entry);
-            }
+            self.close(key, ctx);
+        }
+    }
+
+    /// The connection is over: writes it and leaves a tombstone.
+    fn close(&mut self, key: Key, ctx: &mut Ctx<'_>) {
+        if let Some(Entry::Live(c)) = self.conns.remove(&key) {
+            let isn = c.syn.as_ref().map(|s| s.isn);
+            let at = ctx.ts;
+            self.finish(*c, None, ctx);
+            let entry = Entry::Closed { at, isn };
+            let dl = self.deadline(&entry);
+            self.deadlines.push(Reverse((dl, ctx.frame, key)));
+            self.conns.insert(key, entry);
         }
     }
 

@@ -1,17 +1,28 @@
 //! Runs the analysis over a packet source, on one thread or sharded over several.
 //!
-//! Sharding is by a symmetric hash of the 4-tuple, so both directions of a connection land on
-//! the same worker and its packets stay in capture order. Every record carries an
-//! [`OrderKey`] (frame, connection, sequence) and each worker produces records in key order; a
-//! merger releases records once every worker has processed past their frame, so the output is
-//! byte-identical to a single thread's whatever the thread count, and memory stays bounded
-//! (records wait at most one dispatch round).
+//! Frames travel in [`Chunk`]s: buffers of whole capture records. A capture file is read
+//! straight into them (see `capture`); frames from libpcap (live capture, standard input,
+//! pcapng, BPF filters) are copied into them.
+//!
+//! With one thread, the calling thread walks each chunk and runs the whole chain.
+//!
+//! With N threads, every chunk is handed (shared, not copied) to all N workers. Every worker
+//! walks every frame, so frame numbers and packet time (and with it the timer ticks, which
+//! come from packet time stamps) are identical in all of them; each decodes the frame's TCP
+//! header and fully processes only the connections of its own shard (a symmetric hash of the
+//! 4-tuple, so both directions of a connection land on the same worker). Worker 0 alone counts
+//! the reader statistics. The calling thread reads the next chunk while the workers analyse,
+//! and merges their records: every record carries an [`OrderKey`] (frame, connection,
+//! sequence), each worker reports after each chunk how far it got (its watermark), and records
+//! below every worker's watermark are written in key order. The output is therefore
+//! byte-identical to a single thread's whatever the thread count, and memory stays bounded by
+//! the chunks in flight (a fixed pool).
 //!
 //! Time advances only by packet timestamps (and, in live mode, by the capture's read
 //! timeouts): a tick every second of packet time lets connections expire and slow waits be
-//! reported. Ticks are broadcast to all workers at the same frame, which keeps them
-//! deterministic.
+//! reported.
 
+use crate::capture::Chunk;
 use crate::decode::{self, Decoded, Flags, Segment};
 use crate::flow::{Backend, FlowStats, FlowTable, Key};
 use crate::limits::Limits;
@@ -19,19 +30,33 @@ use crate::record::{OrderKey, Record};
 use crate::session::Ctx;
 use crate::summary::{ReadStats, Summary};
 use crate::time::Ts;
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Packet time between ticks.
 pub const TICK_US: i64 = 1_000_000;
 
+/// Renders a record into the bytes an [`Output`] writes for it, on any thread.
+pub type Render = Arc<dyn Fn(&Record, &mut Vec<u8>) + Send + Sync>;
+
 /// Where records go: a report writer.
 pub trait Output: Send {
     fn record(&mut self, r: &Record) -> io::Result<()>;
     fn summary(&mut self, s: &Summary) -> io::Result<()>;
+    /// For outputs that write each record as self-contained bytes: how to render them, so
+    /// that worker threads can do it in parallel (the bytes then go to [`Output::rendered`]).
+    fn renderer(&self) -> Option<Render> {
+        None
+    }
+    /// Writes a record that [`Output::renderer`] rendered as `bytes`.
+    fn rendered(&mut self, r: &Record, bytes: &[u8]) -> io::Result<()> {
+        let _ = bytes;
+        self.record(r)
+    }
 }
 
 /// Feeds records to the output and keeps the summary in step with what was written.
@@ -57,6 +82,16 @@ impl Collector {
         }
         self.summary.observe(r);
         if let Err(e) = self.out.record(r) {
+            self.error = Some(e);
+        }
+    }
+
+    fn emit_rendered(&mut self, r: &Record, bytes: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        self.summary.observe(r);
+        if let Err(e) = self.out.rendered(r, bytes) {
             self.error = Some(e);
         }
     }
@@ -103,6 +138,22 @@ impl Analyzer {
         }
     }
 
+    /// An empty chunk to fill with capture records and pass to [`Analyzer::chunk`].
+    pub fn chunk_buffer(&mut self) -> Chunk {
+        match self {
+            Analyzer::Single(s) => s.spare.take().unwrap_or_default(),
+            Analyzer::Sharded(s) => s.free_chunk(),
+        }
+    }
+
+    /// A chunk of whole capture records, the frames that follow those already given.
+    pub fn chunk(&mut self, c: Chunk) {
+        match self {
+            Analyzer::Single(s) => s.chunk(c),
+            Analyzer::Sharded(s) => s.chunk(c),
+        }
+    }
+
     /// Packet time moved on without a packet (live read timeout).
     pub fn advance(&mut self, now: Ts) {
         match self {
@@ -114,7 +165,7 @@ impl Analyzer {
     /// The reader's counters (live mode adds kernel statistics).
     pub fn read_stats(&mut self) -> &mut ReadStats {
         match self {
-            Analyzer::Single(s) => &mut s.read,
+            Analyzer::Single(s) => &mut s.engine.read,
             Analyzer::Sharded(s) => &mut s.read,
         }
     }
@@ -123,7 +174,7 @@ impl Analyzer {
     pub fn output_failed(&self) -> bool {
         match self {
             Analyzer::Single(s) => s.collector.error.is_some(),
-            Analyzer::Sharded(s) => s.failed.load(std::sync::atomic::Ordering::Relaxed),
+            Analyzer::Sharded(s) => s.merger.collector.error.is_some(),
         }
     }
 
@@ -136,7 +187,7 @@ impl Analyzer {
     }
 }
 
-/// Decodes and counts a frame. `None` for frames that carry no TCP segment.
+/// Counts a frame in the reader statistics and decodes it.
 fn classify<'a>(
     read: &mut ReadStats,
     link: i32,
@@ -164,35 +215,26 @@ fn classify<'a>(
     }
 }
 
-/// Everything on the calling thread.
-pub struct Single {
+/// The analysis of every frame on one thread: frame count, packet time and ticks, the
+/// connection table. Records collect in `out`.
+struct Engine {
     flow: FlowTable,
     out: Vec<(OrderKey, Record)>,
     next_tick: Option<Ts>,
     frame: u64,
     last_ts: Ts,
-    pub read: ReadStats,
-    collector: Collector,
+    read: ReadStats,
 }
 
-impl Single {
-    fn new(cfg: &Config, collector: Collector) -> Single {
-        Single {
+impl Engine {
+    fn new(cfg: &Config) -> Engine {
+        Engine {
             flow: FlowTable::new(cfg.limits.clone(), cfg.backends.clone(), 1),
             out: Vec::with_capacity(64),
             next_tick: None,
             frame: 0,
             last_ts: Ts(0),
             read: ReadStats::default(),
-            collector,
-        }
-    }
-
-    fn flush(&mut self) {
-        // Tick records and the packet's own share a frame: order them as the merger would.
-        self.out.sort_by_key(|(k, _)| *k);
-        for (_, r) in self.out.drain(..) {
-            self.collector.emit(&r);
         }
     }
 
@@ -213,35 +255,37 @@ impl Single {
         }
     }
 
+    #[inline]
     fn packet(&mut self, link: i32, ts: Ts, data: &[u8], orig_len: u32) {
         self.frame += 1;
         let frame = self.frame;
         self.last_ts = self.last_ts.max(ts);
         self.maybe_tick(ts, frame);
-        if let Some(seg) = classify(&mut self.read, link, data, orig_len) {
-            let mut ctx = Ctx {
-                ts,
-                frame,
-                key_frame: frame,
-                out: &mut self.out,
-            };
-            self.flow.segment(&seg, &mut ctx);
-        }
-        if !self.out.is_empty() {
-            self.flush();
-        }
+        let Some(seg) = classify(&mut self.read, link, data, orig_len) else {
+            return;
+        };
+        let mut ctx = Ctx {
+            ts,
+            frame,
+            key_frame: frame,
+            out: &mut self.out,
+        };
+        self.flow.segment(&seg, &mut ctx);
     }
 
-    fn advance(&mut self, now: Ts) {
-        if now > self.last_ts {
-            self.last_ts = now;
-            let key = self.frame;
-            self.maybe_tick(now, key);
-            self.flush();
+    /// Packet time moved on without a packet. True if it did move.
+    fn advance(&mut self, now: Ts) -> bool {
+        if now <= self.last_ts {
+            return false;
         }
+        self.last_ts = now;
+        let key = self.frame;
+        self.maybe_tick(now, key);
+        true
     }
 
-    fn finish(mut self, input_errors: Vec<String>) -> (Summary, Option<io::Error>) {
+    /// End of input: every open connection is finished.
+    fn drain(&mut self) {
         let mut ctx = Ctx {
             ts: self.last_ts,
             frame: self.frame,
@@ -249,244 +293,527 @@ impl Single {
             out: &mut self.out,
         };
         self.flow.drain(&mut ctx);
+    }
+}
+
+/// Everything on the calling thread.
+pub struct Single {
+    engine: Engine,
+    collector: Collector,
+    /// The last chunk, for reuse.
+    spare: Option<Chunk>,
+}
+
+impl Single {
+    fn new(cfg: &Config, collector: Collector) -> Single {
+        Single {
+            engine: Engine::new(cfg),
+            collector,
+            spare: None,
+        }
+    }
+
+    fn flush(&mut self) {
+        // Tick records and the packet's own share a frame: order them as the merger would.
+        self.engine.out.sort_unstable_by_key(|(k, _)| *k);
+        for (_, r) in self.engine.out.drain(..) {
+            self.collector.emit(&r);
+        }
+    }
+
+    #[inline]
+    fn packet(&mut self, link: i32, ts: Ts, data: &[u8], orig_len: u32) {
+        self.engine.packet(link, ts, data, orig_len);
+        if !self.engine.out.is_empty() {
+            self.flush();
+        }
+    }
+
+    fn chunk(&mut self, c: Chunk) {
+        let link = c.link;
+        c.for_each(|_, ts, data, len| self.packet(link, ts, data, len));
+        self.spare = Some(c);
+    }
+
+    fn advance(&mut self, now: Ts) {
+        if self.engine.advance(now) {
+            self.flush();
+        }
+    }
+
+    fn finish(mut self, input_errors: Vec<String>) -> (Summary, Option<io::Error>) {
+        self.engine.drain();
         self.flush();
         let mut c = self.collector;
-        c.summary.read = self.read;
-        c.summary.flow = self.flow.stats.clone();
+        c.summary.read = self.engine.read;
+        c.summary.flow = self.engine.flow.stats.clone();
         c.summary.input_errors = input_errors;
         c.finish()
     }
 }
 
-/// A segment copied out of the capture buffer for a worker.
-struct SegMeta {
+/// What each worker analyses in a chunk, and where the ticks fall: built by the calling
+/// thread, which decodes every frame once (it counts them anyway), so that a worker touches
+/// only the segments of its own connections, and never parses a header again.
+#[derive(Default)]
+struct Index {
+    /// Per worker: the TCP segments of its connections, in frame order.
+    segs: Vec<Vec<SegInfo>>,
+    /// Ticks, in frame order: the frame that carries it, and the packet time.
+    ticks: Vec<(u64, Ts)>,
+    /// Frames in the chunk, and the number of the last.
+    frames: u32,
+    last_frame: u64,
+}
+
+impl Index {
+    fn clear(&mut self) {
+        for v in &mut self.segs {
+            v.clear();
+        }
+        self.ticks.clear();
+        self.frames = 0;
+    }
+}
+
+/// A decoded TCP segment whose payload is in the chunk.
+#[derive(Clone, Copy)]
+struct SegInfo {
     frame: u64,
     ts: Ts,
     src: SocketAddr,
     dst: SocketAddr,
     seq: u32,
     ack: u32,
-    flags: u8,
-    window: u16,
-    missing: u32,
-    /// Range of the payload in the batch arena.
-    start: u32,
+    /// Payload: offset in the chunk and length.
+    at: u32,
     len: u32,
+    missing: u32,
+    window: u16,
+    flags: u8,
 }
 
-enum Item {
-    Seg(SegMeta),
-    Tick { ts: Ts, frame: u64 },
+/// A chunk and its index, shared by all workers.
+struct Shared {
+    chunk: Chunk,
+    index: Index,
 }
 
-/// Work for one worker: segments with their payloads in one arena, and how far the reader
-/// had got when it sent them.
-struct Batch {
-    items: Vec<Item>,
-    arena: Vec<u8>,
-    /// Every frame up to this one that belongs to this worker is in this or an earlier batch.
-    upto: u64,
-    /// End of input: drain at this packet time.
-    end: Option<(Ts, u64)>,
+/// From the calling thread to a worker.
+enum Work {
+    Frames(Arc<Shared>),
+    /// Live read timeout: packet time is `now`, a tick is due or not; `upto` is the position.
+    Advance {
+        now: Ts,
+        tick: bool,
+        frame: u64,
+        upto: Pos,
+    },
+    /// End of input, at this packet time and frame.
+    End {
+        last_ts: Ts,
+        frame: u64,
+    },
 }
 
-impl Batch {
-    fn new() -> Batch {
-        Batch {
-            items: Vec::with_capacity(BATCH_ITEMS),
-            arena: Vec::with_capacity(64 * 1024),
-            upto: 0,
-            end: None,
-        }
-    }
+/// Where the analysis stands: frames processed, then live advances since the last frame.
+/// Records produced at a position are ordered after those of every earlier position.
+type Pos = (u64, u32);
+
+/// A record, and its output bytes if the output renders records ahead (see
+/// [`Output::renderer`]).
+type Rendered = (OrderKey, Record, Option<Box<[u8]>>);
+
+/// Renders a batch of records with `render`, if any.
+fn render(
+    records: &mut Vec<(OrderKey, Record)>,
+    render: &Option<Render>,
+    buf: &mut Vec<u8>,
+) -> Vec<Rendered> {
+    records
+        .drain(..)
+        .map(|(k, r)| {
+            let bytes = render.as_ref().map(|f| {
+                buf.clear();
+                f(&r, buf);
+                buf.as_slice().into()
+            });
+            (k, r, bytes)
+        })
+        .collect()
 }
 
-/// Records from a worker, all with key frames ≤ `upto`.
-struct Output_ {
-    worker: usize,
-    records: Vec<(OrderKey, Record)>,
-    upto: u64,
-    stats: Option<FlowStats>,
+/// From a worker to the calling thread.
+enum Report {
+    /// Records produced since the last report, all at positions ≤ `upto`; `adv` is the
+    /// advance that produced them (0: frames).
+    Records {
+        worker: usize,
+        adv: u32,
+        records: Vec<Rendered>,
+        upto: Pos,
+    },
+    /// A chunk every worker is done with.
+    Free(Box<Shared>),
+    /// End of input: the last records (connections open at the end) and the counters.
+    Done {
+        worker: usize,
+        records: Vec<Rendered>,
+        flow: Box<FlowStats>,
+    },
 }
 
-const BATCH_ITEMS: usize = 2048;
-/// Frames dispatched between rounds that flush every worker (so all watermarks advance).
-const ROUND_FRAMES: u64 = 8192;
+/// Chunks in flight per worker (beyond these the reader waits): enough to keep every worker
+/// busy while the reader fills the next, few enough to bound memory.
+const CHUNKS_PER_WORKER: usize = 2;
 
-/// Connections sharded over worker threads; a merger thread writes the output in key order.
+/// Connections sharded over worker threads; the calling thread reads, indexes each chunk,
+/// and writes the output.
 pub struct Sharded {
-    workers: Vec<SyncSender<Batch>>,
-    /// Emptied batches coming back from the workers, to reuse their allocations.
-    recycled: Receiver<Batch>,
+    workers: Vec<Sender<Work>>,
     handles: Vec<JoinHandle<()>>,
-    merger: Option<JoinHandle<Collector>>,
-    batches: Vec<Batch>,
+    reports: Receiver<Report>,
+    /// Chunks back from the workers, and the indexes that went with them.
+    free: Vec<Chunk>,
+    free_index: Vec<Index>,
+    allocated: usize,
+    max_chunks: usize,
+    /// Frames from [`Analyzer::packet`] not yet handed over.
+    filling: Option<(Chunk, Index)>,
     frame: u64,
-    last_round: u64,
-    next_tick: Option<Ts>,
     last_ts: Ts,
+    next_tick: Option<Ts>,
+    /// Effective live advances since the last frame.
+    adv: u32,
     pub read: ReadStats,
-    failed: Arc<std::sync::atomic::AtomicBool>,
-    flow_stats: Arc<std::sync::Mutex<FlowStats>>,
+    merger: Merger,
+    /// A worker is gone (a bug): chunks sent to it never come back.
+    broken: bool,
 }
 
 impl Sharded {
     fn new(cfg: &Config, collector: Collector) -> Sharded {
         let n = cfg.threads.max(2);
-        let (otx, orx) = sync_channel::<Output_>(n * 4);
-        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flow_stats = Arc::new(std::sync::Mutex::new(FlowStats::default()));
+        let (report_tx, reports) = channel::<Report>();
         let mut workers = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
-        let (back_tx, back_rx) = sync_channel::<Batch>(n * 8);
+        let renderer = collector.out.renderer();
         for w in 0..n {
-            let (tx, rx) = sync_channel::<Batch>(4);
-            let otx = otx.clone();
-            let back = back_tx.clone();
-            let limits = cfg.limits.clone();
-            let backends = cfg.backends.clone();
+            let (tx, rx) = channel::<Work>();
+            let report = report_tx.clone();
+            let flow = FlowTable::new(cfg.limits.clone(), cfg.backends.clone(), n);
+            let renderer = renderer.clone();
             handles.push(std::thread::spawn(move || {
-                worker(w, n, rx, otx, back, limits, backends)
+                worker(w, flow, rx, report, renderer)
             }));
             workers.push(tx);
         }
-        drop(otx);
-        let merger = {
-            let failed = failed.clone();
-            let flow_stats = flow_stats.clone();
-            std::thread::spawn(move || merge(n, orx, collector, failed, flow_stats))
-        };
         Sharded {
             workers,
-            recycled: back_rx,
             handles,
-            merger: Some(merger),
-            batches: (0..n).map(|_| Batch::new()).collect(),
+            reports,
+            free: Vec::new(),
+            free_index: Vec::new(),
+            allocated: 0,
+            max_chunks: n * CHUNKS_PER_WORKER + 2,
+            filling: None,
             frame: 0,
-            last_round: 0,
-            next_tick: None,
             last_ts: Ts(0),
+            next_tick: None,
+            adv: 0,
             read: ReadStats::default(),
-            failed,
-            flow_stats,
+            merger: Merger::new(n, collector),
+            broken: false,
         }
     }
 
-    fn send(&mut self, w: usize) {
-        let fresh = self.recycled.try_recv().unwrap_or_else(|_| Batch::new());
-        let mut b = std::mem::replace(&mut self.batches[w], fresh);
-        b.upto = self.frame;
-        // A worker that died (it cannot, short of a bug) must not take the reader down.
-        let _ = self.workers[w].send(b);
-    }
-
-    fn round(&mut self) {
-        for w in 0..self.workers.len() {
-            self.send(w);
+    /// Handles one report.
+    fn handle(&mut self, r: Report) {
+        match r {
+            Report::Records {
+                worker,
+                adv,
+                records,
+                upto,
+            } => self.merger.records(worker, adv, records, upto),
+            Report::Free(s) => {
+                let Shared { chunk, mut index } = *s;
+                index.clear();
+                self.free.push(chunk);
+                self.free_index.push(index);
+            }
+            Report::Done {
+                worker,
+                records,
+                flow,
+            } => {
+                self.merger.flow.merge(&flow);
+                self.merger
+                    .records(worker, 0, records, (u64::MAX, u32::MAX));
+            }
         }
-        self.last_round = self.frame;
     }
 
-    fn maybe_tick(&mut self, ts: Ts) {
+    /// Handles the reports that are waiting, without blocking, and writes what it can.
+    fn poll(&mut self) {
+        while let Ok(r) = self.reports.try_recv() {
+            self.handle(r);
+        }
+        self.merger.release();
+    }
+
+    /// A free chunk; waits for the workers (writing their records meanwhile) when all are in
+    /// flight.
+    fn free_chunk(&mut self) -> Chunk {
+        self.poll();
+        loop {
+            if let Some(mut c) = self.free.pop() {
+                c.reset(c.link, c.fmt);
+                return c;
+            }
+            if self.allocated < self.max_chunks || self.broken {
+                self.allocated += 1;
+                return Chunk::new();
+            }
+            match self.reports.recv() {
+                Ok(r) => {
+                    self.handle(r);
+                    self.merger.release();
+                }
+                // Every worker is gone (a bug); do not hang.
+                Err(_) => self.broken = true,
+            }
+        }
+    }
+
+    fn new_index(&mut self) -> Index {
+        let mut ix = self.free_index.pop().unwrap_or_default();
+        ix.segs.resize_with(self.workers.len(), Vec::new);
+        ix
+    }
+
+    /// Counts and decodes one frame (`data`, at `base` + `off` in its chunk), and notes
+    /// which worker analyses it.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn index_frame(
+        &mut self,
+        ix: &mut Index,
+        base: &[u8],
+        link: i32,
+        ts: Ts,
+        data: &[u8],
+        len: u32,
+    ) {
+        self.frame += 1;
+        self.adv = 0;
+        self.last_ts = self.last_ts.max(ts);
+        ix.frames += 1;
+        ix.last_frame = self.frame;
         match self.next_tick {
             None => self.next_tick = Some(Ts(ts.0 + TICK_US)),
             Some(t) if ts >= t => {
-                let frame = self.frame;
-                for b in &mut self.batches {
-                    b.items.push(Item::Tick { ts, frame });
-                }
+                ix.ticks.push((self.frame, ts));
                 self.next_tick = Some(Ts(ts.0 + TICK_US));
             }
             Some(_) => {}
         }
-    }
-
-    fn packet(&mut self, link: i32, ts: Ts, data: &[u8], orig_len: u32) {
-        self.frame += 1;
-        self.last_ts = self.last_ts.max(ts);
-        self.maybe_tick(ts);
-        if let Some(seg) = classify(&mut self.read, link, data, orig_len) {
-            let w = (Key::new(seg.src, seg.dst).shard_hash() % self.workers.len() as u64) as usize;
-            let b = &mut self.batches[w];
-            let start = b.arena.len() as u32;
-            b.arena.extend_from_slice(seg.payload);
-            b.items.push(Item::Seg(SegMeta {
+        let Some(seg) = classify(&mut self.read, link, data, len) else {
+            return;
+        };
+        let w = (Key::new(seg.src, seg.dst).shard_hash() % self.workers.len() as u64) as usize;
+        // The payload is a part of the chunk (`data` is).
+        let at = (seg.payload.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+        let (Ok(at), Ok(plen)) = (u32::try_from(at), u32::try_from(seg.payload.len())) else {
+            return;
+        };
+        if let Some(v) = ix.segs.get_mut(w) {
+            v.push(SegInfo {
                 frame: self.frame,
                 ts,
                 src: seg.src,
                 dst: seg.dst,
                 seq: seg.seq,
                 ack: seg.ack,
-                flags: seg.flags.0,
-                window: seg.window,
+                at,
+                len: plen,
                 missing: seg.missing,
-                start,
-                len: seg.payload.len() as u32,
-            }));
-            if b.items.len() >= BATCH_ITEMS || b.arena.len() >= 1 << 20 {
-                self.send(w);
+                window: seg.window,
+                flags: seg.flags.0,
+            });
+        }
+    }
+
+    fn send(&mut self, chunk: Chunk, index: Index) {
+        if index.frames == 0 {
+            self.free.push(chunk);
+            self.free_index.push(index);
+            return;
+        }
+        // Only the workers hold the chunk, so that the last one to finish with it gives it back.
+        let mut s = Some(Arc::new(Shared { chunk, index }));
+        let n = self.workers.len();
+        for (i, w) in self.workers.iter().enumerate() {
+            let this = if i + 1 == n { s.take() } else { s.clone() };
+            if let Some(this) = this {
+                // A worker that died (it cannot, short of a bug) must not take the reader down
+                // nor make it wait for chunks that will not come back.
+                if w.send(Work::Frames(this)).is_err() {
+                    self.broken = true;
+                }
             }
         }
-        if self.frame - self.last_round >= ROUND_FRAMES {
-            self.round();
+    }
+
+    fn flush_filling(&mut self) {
+        if let Some((c, ix)) = self.filling.take() {
+            self.send(c, ix);
         }
+    }
+
+    fn packet(&mut self, link: i32, ts: Ts, data: &[u8], orig_len: u32) {
+        let (mut c, mut ix) = match self.filling.take() {
+            Some(f) => f,
+            None => (self.free_chunk(), self.new_index()),
+        };
+        let off = match c.push(link, ts, data, orig_len) {
+            Some(off) => off,
+            None => {
+                self.send(c, ix);
+                c = self.free_chunk();
+                if !c.fits_empty(data.len()) {
+                    c = Chunk::for_frame(data.len());
+                }
+                ix = self.new_index();
+                // An empty chunk big enough takes any frame; should it not, the frame is
+                // still counted (as in any chunk) but carries nothing.
+                match c.push(link, ts, data, orig_len) {
+                    Some(off) => off,
+                    None => {
+                        self.index_frame(&mut ix, &[], link, ts, &[], orig_len);
+                        self.filling = Some((c, ix));
+                        return;
+                    }
+                }
+            }
+        };
+        // Decoded from the chunk's copy, so that the payload is found in the chunk.
+        if let Some((ts, data, len, _)) = c.record_at(off as usize) {
+            self.index_frame(&mut ix, c.bytes(), link, ts, data, len);
+        }
+        self.filling = Some((c, ix));
+    }
+
+    fn chunk(&mut self, c: Chunk) {
+        self.flush_filling();
+        let mut ix = self.new_index();
+        let link = c.link;
+        let base = c.bytes();
+        c.for_each(|_, ts, data, len| self.index_frame(&mut ix, base, link, ts, data, len));
+        self.send(c, ix);
+        self.poll();
     }
 
     fn advance(&mut self, now: Ts) {
+        self.flush_filling();
         if now > self.last_ts {
             self.last_ts = now;
-            self.maybe_tick(now);
+            let tick = match self.next_tick {
+                None => {
+                    self.next_tick = Some(Ts(now.0 + TICK_US));
+                    false
+                }
+                Some(t) if now >= t => {
+                    self.next_tick = Some(Ts(now.0 + TICK_US));
+                    true
+                }
+                Some(_) => false,
+            };
+            self.adv += 1;
+            for w in &self.workers {
+                let _ = w.send(Work::Advance {
+                    now,
+                    tick,
+                    frame: self.frame,
+                    upto: (self.frame, self.adv),
+                });
+            }
         }
-        self.round();
+        self.poll();
     }
 
     fn finish(mut self, input_errors: Vec<String>) -> (Summary, Option<io::Error>) {
-        let end = (self.last_ts, self.frame);
-        for w in 0..self.workers.len() {
-            self.batches[w].end = Some(end);
-            self.send(w);
+        self.flush_filling();
+        for w in &self.workers {
+            let _ = w.send(Work::End {
+                last_ts: self.last_ts,
+                frame: self.frame,
+            });
         }
         self.workers.clear();
-        for h in self.handles.drain(..) {
-            let _ = h.join();
+        // Until every worker has reported its end (the channel closes when all are gone).
+        while let Ok(r) = self.reports.recv() {
+            self.handle(r);
         }
-        let collector = match self.merger.take().map(|m| m.join()) {
-            Some(Ok(c)) => c,
-            _ => {
-                return (
-                    Summary::default(),
-                    Some(io::Error::other("the output thread failed")),
-                )
-            }
-        };
-        let mut c = collector;
-        c.summary.read = self.read.clone();
-        c.summary.flow = self
-            .flow_stats
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default();
-        c.summary.input_errors = input_errors;
-        c.finish()
+        self.merger.release();
+        let mut failed = false;
+        for h in self.handles.drain(..) {
+            failed |= h.join().is_err();
+        }
+        let Merger {
+            mut collector,
+            flow,
+            ..
+        } = self.merger;
+        if failed {
+            return (
+                collector.summary,
+                Some(io::Error::other("a worker thread failed")),
+            );
+        }
+        collector.summary.read = self.read;
+        collector.summary.flow = flow;
+        collector.summary.input_errors = input_errors;
+        collector.finish()
     }
+}
+
+fn tick(flow: &mut FlowTable, ts: Ts, frame: u64, out: &mut Vec<(OrderKey, Record)>) {
+    let mut ctx = Ctx {
+        ts,
+        frame,
+        key_frame: frame,
+        out,
+    };
+    flow.tick(ts, &mut ctx);
 }
 
 fn worker(
     id: usize,
-    n: usize,
-    rx: Receiver<Batch>,
-    out: SyncSender<Output_>,
-    back: SyncSender<Batch>,
-    limits: Arc<Limits>,
-    backends: Arc<Vec<Backend>>,
+    mut flow: FlowTable,
+    rx: Receiver<Work>,
+    tx: Sender<Report>,
+    renderer: Option<Render>,
 ) {
-    let mut flow = FlowTable::new(limits, backends, n);
-    let mut records = Vec::new();
-    while let Ok(mut batch) = rx.recv() {
-        for item in &batch.items {
-            match item {
-                Item::Seg(m) => {
-                    let payload = &batch.arena[m.start as usize..(m.start + m.len) as usize];
+    let mut out: Vec<(OrderKey, Record)> = Vec::new();
+    let mut buf = Vec::new();
+    while let Ok(work) = rx.recv() {
+        match work {
+            Work::Frames(s) => {
+                let Shared { chunk, index } = &*s;
+                let bytes = chunk.bytes();
+                let mut ticks = index.ticks.iter().peekable();
+                for m in index.segs.get(id).map_or(&[][..], |v| &v[..]) {
+                    while let Some(&&(frame, ts)) = ticks.peek() {
+                        if frame > m.frame {
+                            break;
+                        }
+                        ticks.next();
+                        tick(&mut flow, ts, frame, &mut out);
+                    }
+                    let payload = bytes
+                        .get(m.at as usize..m.at as usize + m.len as usize)
+                        .unwrap_or_default();
                     let seg = Segment {
                         src: m.src,
                         dst: m.dst,
@@ -501,88 +828,113 @@ fn worker(
                         ts: m.ts,
                         frame: m.frame,
                         key_frame: m.frame,
-                        out: &mut records,
+                        out: &mut out,
                     };
                     flow.segment(&seg, &mut ctx);
                 }
-                Item::Tick { ts, frame } => {
-                    let mut ctx = Ctx {
-                        ts: *ts,
-                        frame: *frame,
-                        key_frame: *frame,
-                        out: &mut records,
-                    };
-                    flow.tick(*ts, &mut ctx);
+                for &(frame, ts) in ticks {
+                    tick(&mut flow, ts, frame, &mut out);
+                }
+                let report = Report::Records {
+                    worker: id,
+                    adv: 0,
+                    records: render(&mut out, &renderer, &mut buf),
+                    upto: (index.last_frame, 0),
+                };
+                if tx.send(report).is_err() {
+                    return;
+                }
+                if let Some(s) = Arc::into_inner(s) {
+                    let _ = tx.send(Report::Free(Box::new(s)));
                 }
             }
-        }
-        let mut stats = None;
-        let mut upto = batch.upto;
-        if let Some((ts, frame)) = batch.end {
-            let mut ctx = Ctx {
-                ts,
+            Work::Advance {
+                now,
+                tick,
                 frame,
-                key_frame: u64::MAX,
-                out: &mut records,
-            };
-            flow.drain(&mut ctx);
-            stats = Some(flow.stats.clone());
-            upto = u64::MAX;
-        }
-        let done = stats.is_some();
-        batch.items.clear();
-        batch.arena.clear();
-        batch.end = None;
-        // The reader may have enough spare batches; then this one is simply dropped.
-        let _ = back.try_send(batch);
-        let msg = Output_ {
-            worker: id,
-            records: std::mem::take(&mut records),
-            upto,
-            stats,
-        };
-        if out.send(msg).is_err() || done {
-            break;
+                upto,
+            } => {
+                if tick {
+                    self::tick(&mut flow, now, frame, &mut out);
+                }
+                let report = Report::Records {
+                    worker: id,
+                    adv: upto.1,
+                    records: render(&mut out, &renderer, &mut buf),
+                    upto,
+                };
+                if tx.send(report).is_err() {
+                    return;
+                }
+            }
+            Work::End { last_ts, frame } => {
+                let mut ctx = Ctx {
+                    ts: last_ts,
+                    frame,
+                    key_frame: u64::MAX,
+                    out: &mut out,
+                };
+                flow.drain(&mut ctx);
+                let _ = tx.send(Report::Done {
+                    worker: id,
+                    records: render(&mut out, &renderer, &mut buf),
+                    flow: Box::new(flow.stats.clone()),
+                });
+                return;
+            }
         }
     }
 }
 
-fn merge(
-    n: usize,
-    rx: Receiver<Output_>,
-    mut collector: Collector,
-    failed: Arc<std::sync::atomic::AtomicBool>,
-    flow_stats: Arc<std::sync::Mutex<FlowStats>>,
-) -> Collector {
-    let mut queues: Vec<std::collections::VecDeque<(OrderKey, Record)>> =
-        (0..n).map(|_| Default::default()).collect();
-    let mut upto = vec![0u64; n];
-    let mut ready: Vec<(OrderKey, Record)> = Vec::new();
-    while let Ok(msg) = rx.recv() {
-        queues[msg.worker].extend(msg.records);
-        upto[msg.worker] = upto[msg.worker].max(msg.upto);
-        if let Some(s) = msg.stats {
-            if let Ok(mut total) = flow_stats.lock() {
-                total.merge(&s);
-            }
+/// Orders the workers' records as one thread would have written them.
+struct Merger {
+    /// Per worker: (advance, record), in the order produced.
+    queues: Vec<VecDeque<(u32, Rendered)>>,
+    upto: Vec<Pos>,
+    ready: Vec<(u32, Rendered)>,
+    collector: Collector,
+    flow: FlowStats,
+}
+
+impl Merger {
+    fn new(n: usize, collector: Collector) -> Merger {
+        Merger {
+            queues: (0..n).map(|_| VecDeque::new()).collect(),
+            upto: vec![(0, 0); n],
+            ready: Vec::new(),
+            collector,
+            flow: FlowStats::default(),
         }
-        let w = upto.iter().copied().min().unwrap_or(0);
-        for q in &mut queues {
-            while q.front().is_some_and(|(k, _)| k.frame <= w) {
+    }
+
+    fn records(&mut self, w: usize, adv: u32, records: Vec<Rendered>, upto: Pos) {
+        let (Some(q), Some(u)) = (self.queues.get_mut(w), self.upto.get_mut(w)) else {
+            return;
+        };
+        q.extend(records.into_iter().map(|r| (adv, r)));
+        *u = (*u).max(upto);
+    }
+
+    /// Writes every record below all watermarks, in key order.
+    fn release(&mut self) {
+        let w = self.upto.iter().copied().min().unwrap_or((0, 0));
+        for q in &mut self.queues {
+            while q.front().is_some_and(|(a, (k, _, _))| (k.frame, *a) <= w) {
                 if let Some(r) = q.pop_front() {
-                    ready.push(r);
+                    self.ready.push(r);
                 }
             }
         }
-        if !ready.is_empty() {
-            ready.sort_by_key(|(k, _)| *k);
-            for (_, r) in ready.drain(..) {
-                collector.emit(&r);
-            }
-            if collector.error.is_some() {
-                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        if self.ready.is_empty() {
+            return;
+        }
+        self.ready
+            .sort_unstable_by_key(|(a, (k, _, _))| (k.frame, *a, k.conn, k.seq));
+        for (_, (_, r, bytes)) in self.ready.drain(..) {
+            match bytes {
+                Some(b) => self.collector.emit_rendered(&r, &b),
+                None => self.collector.emit(&r),
             }
         }
     }
-    collector
 }

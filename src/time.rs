@@ -40,9 +40,52 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+impl Ts {
+    /// The RFC 3339 form into `buf`, without `fmt` machinery (time stamps are most of the
+    /// JSON output, and `write!` with padded fields cost more than the rest of a record).
+    /// `None` for years outside 0..=9999, which [`fmt::Display`] formats instead.
+    fn rfc3339<'b>(&self, buf: &'b mut [u8; 27]) -> Option<&'b str> {
+        let secs = self.0.div_euclid(1_000_000);
+        let micros = self.0.rem_euclid(1_000_000) as u32;
+        let days = secs.div_euclid(86_400);
+        let sod = secs.rem_euclid(86_400) as u32;
+        let (y, m, d) = civil_from_days(days);
+        let y = u32::try_from(y).ok().filter(|y| *y <= 9999)?;
+        let mut put = |at: usize, v: u32, digits: usize| {
+            let mut v = v;
+            for i in (0..digits).rev() {
+                buf[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, y, 4);
+        put(5, m, 2);
+        put(8, d, 2);
+        put(11, sod / 3600, 2);
+        put(14, (sod / 60) % 60, 2);
+        put(17, sod % 60, 2);
+        put(20, micros, 6);
+        for (at, c) in [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+        ] {
+            buf[at] = c;
+        }
+        buf[26] = b'Z';
+        std::str::from_utf8(&buf[..]).ok()
+    }
+}
+
 impl fmt::Display for Ts {
     /// RFC 3339, UTC, microseconds: `2026-11-24T01:42:31.123456Z`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(s) = self.rfc3339(&mut [0u8; 27]) {
+            return f.write_str(s);
+        }
         let secs = self.0.div_euclid(1_000_000);
         let micros = self.0.rem_euclid(1_000_000);
         let days = secs.div_euclid(86_400);
@@ -60,7 +103,10 @@ impl fmt::Display for Ts {
 
 impl Serialize for Ts {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        match self.rfc3339(&mut [0u8; 27]) {
+            Some(t) => s.serialize_str(t),
+            None => s.collect_str(self),
+        }
     }
 }
 
@@ -109,6 +155,38 @@ mod test {
             Ts::from_timeval(951_782_400, 1).to_string(),
             "2000-02-29T00:00:00.000001Z"
         );
+    }
+
+    #[test]
+    fn fast_and_general_formats_agree() {
+        let general = |t: Ts| {
+            let secs = t.0.div_euclid(1_000_000);
+            let micros = t.0.rem_euclid(1_000_000);
+            let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+            let sod = secs.rem_euclid(86_400);
+            format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+                sod / 3600,
+                (sod / 60) % 60,
+                sod % 60
+            )
+        };
+        let mut x = 1u64;
+        for i in 0..20_000i64 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let t = match i % 3 {
+                0 => Ts((x >> 1) as i64 % 400_000_000_000_000_000),
+                1 => Ts(-((x >> 20) as i64)),
+                _ => Ts(i * 999_983 + 1_768_471_200_000_000),
+            };
+            assert_eq!(t.to_string(), general(t), "{}", t.0);
+            assert_eq!(
+                serde_json::to_string(&t).unwrap(),
+                format!("\"{}\"", general(t))
+            );
+        }
+        assert_eq!(Ts(i64::MIN).to_string(), general(Ts(i64::MIN)));
+        assert_eq!(Ts(i64::MAX).to_string(), general(Ts(i64::MAX)));
     }
 
     #[test]

@@ -49,6 +49,29 @@ impl<W: Write + Send> JsonLines<W> {
     }
 }
 
+/// One record's line, as `JsonLines::record` writes it.
+fn render(r: &Record, extra: &serde_json::Map<String, serde_json::Value>, out: &mut Vec<u8>) {
+    let written = if extra.is_empty() {
+        serde_json::to_writer(&mut *out, r)
+    } else {
+        serde_json::to_value(r).and_then(|mut v| {
+            if let serde_json::Value::Object(m) = &mut v {
+                for (k, x) in extra {
+                    m.insert(k.clone(), x.clone());
+                }
+            }
+            serde_json::to_writer(&mut *out, &v)
+        })
+    };
+    // Records hold no maps with non-string keys nor failing Serialize impls; should that
+    // change, the line is left out rather than written half.
+    if written.is_err() {
+        out.clear();
+        return;
+    }
+    out.push(b'\n');
+}
+
 impl<W: Write + Send> Output for JsonLines<W> {
     fn record(&mut self, r: &Record) -> io::Result<()> {
         let urgent = matches!(r, Record::Finding(_));
@@ -59,6 +82,20 @@ impl<W: Write + Send> Output for JsonLines<W> {
         }
         let v = serde_json::to_value(r).map_err(io::Error::other)?;
         self.line(v, urgent)
+    }
+
+    /// Lines are rendered by the worker threads when there are several (serialising was a
+    /// tenth of the work, and it would otherwise all fall on the thread that writes).
+    fn renderer(&self) -> Option<crate::pipeline::Render> {
+        let extra = self.extra.clone();
+        Some(std::sync::Arc::new(move |r: &Record, out: &mut Vec<u8>| {
+            render(r, &extra, out)
+        }))
+    }
+
+    fn rendered(&mut self, r: &Record, bytes: &[u8]) -> io::Result<()> {
+        self.w.write_all(bytes)?;
+        self.maybe_flush(matches!(r, Record::Finding(_)))
     }
 
     fn summary(&mut self, s: &Summary) -> io::Result<()> {

@@ -1,0 +1,309 @@
+//! gatescope reads classic pcap files itself (large reads, no per-packet libpcap call) and
+//! everything else through libpcap. Both readers must give the analysis the same frames: the
+//! output for a file must equal the output for the same bytes on standard input (which always
+//! goes through libpcap), whatever the byte order, time stamp precision, rotation into
+//! several files, truncation or thread count.
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn run_file(files: &[PathBuf], extra: &[&str]) -> (Option<i32>, Vec<u8>, String) {
+    let out = Command::new(bin())
+        .arg("analyze")
+        .args(extra)
+        .args(files)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{err}");
+    (out.status.code(), out.stdout, err)
+}
+
+fn run_stdin(bytes: &[u8], extra: &[&str]) -> (Option<i32>, Vec<u8>, String) {
+    let mut child = Command::new(bin())
+        .arg("analyze")
+        .args(extra)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let data = bytes.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = feeder.join();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{err}");
+    (out.status.code(), out.stdout, err)
+}
+
+const FORMATS: [&[&str]; 2] = [
+    &["--format", "json", "--all"],
+    &["--format", "table", "--all"],
+];
+
+/// A classic little-endian microsecond pcap: global header and records (header, data).
+struct Pcap {
+    header: Vec<u8>,
+    records: Vec<([u32; 4], Vec<u8>)>,
+}
+
+fn parse(bytes: &[u8]) -> Option<Pcap> {
+    if bytes.get(..4)? != 0xa1b2_c3d4u32.to_le_bytes() {
+        return None;
+    }
+    let header = bytes.get(..24)?.to_vec();
+    let mut records = Vec::new();
+    let mut pos = 24;
+    while pos < bytes.len() {
+        let h = bytes.get(pos..pos + 16)?;
+        let f = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let hdr = [f(0), f(4), f(8), f(12)];
+        let data = bytes.get(pos + 16..pos + 16 + hdr[2] as usize)?.to_vec();
+        pos += 16 + hdr[2] as usize;
+        records.push((hdr, data));
+    }
+    Some(Pcap { header, records })
+}
+
+impl Pcap {
+    /// The same capture written big-endian and/or with nanosecond time stamps.
+    fn write(&self, big_endian: bool, nanos: bool) -> Vec<u8> {
+        let w32 = |out: &mut Vec<u8>, v: u32| {
+            out.extend_from_slice(&if big_endian {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            })
+        };
+        let h = &self.header;
+        let f16 = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
+        let f32 = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let mut out = Vec::new();
+        w32(&mut out, if nanos { 0xa1b2_3c4d } else { 0xa1b2_c3d4 });
+        for v in [f16(4), f16(6)] {
+            out.extend_from_slice(&if big_endian {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            });
+        }
+        for i in [8, 12, 16, 20] {
+            w32(&mut out, f32(i));
+        }
+        for (hdr, data) in &self.records {
+            w32(&mut out, hdr[0]);
+            // nanoseconds that scale back to the same microseconds
+            w32(&mut out, if nanos { hdr[1] * 1000 + 999 } else { hdr[1] });
+            w32(&mut out, hdr[2]);
+            w32(&mut out, hdr[3]);
+            out.extend_from_slice(data);
+        }
+        out
+    }
+
+    /// Records `range` as a file of their own.
+    fn part(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+        let mut out = self.header.clone();
+        for (hdr, data) in &self.records[range] {
+            for v in hdr {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.extend_from_slice(data);
+        }
+        out
+    }
+}
+
+fn classic_captures() -> Vec<PathBuf> {
+    let mut dirs = vec![repo().join("captures")];
+    if let Some(root) = shared() {
+        for sub in [
+            "suricata-verify/http-gap-simple",
+            "zeek/http/pipelined-requests",
+            "suricata-verify/tcp-rst-unacked-stream-10",
+            "zeek/http/methods",
+        ] {
+            dirs.push(root.join("captures").join(sub));
+        }
+    }
+    let mut v: Vec<PathBuf> = dirs
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| {
+            std::fs::read(p)
+                .ok()
+                .and_then(|b| parse(&b))
+                .is_some_and(|p| !p.records.is_empty())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).expect("write");
+    p
+}
+
+#[test]
+fn files_and_standard_input_give_the_same_output() {
+    let files = classic_captures();
+    assert!(files.len() >= 40, "{}", files.len());
+    for f in &files {
+        let bytes = std::fs::read(f).expect("read");
+        for extra in FORMATS {
+            let file = run_file(std::slice::from_ref(f), extra);
+            let stdin = run_stdin(&bytes, extra);
+            assert!(file.0 == stdin.0 && file.1 == stdin.1, "{f:?} {extra:?}");
+        }
+    }
+}
+
+#[test]
+fn byte_order_and_nanosecond_time_stamps_do_not_change_the_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in classic_captures().iter().step_by(3) {
+        let pcap = parse(&std::fs::read(f).expect("read")).expect("classic pcap");
+        let want = run_file(std::slice::from_ref(f), FORMATS[0]);
+        for (be, ns) in [(true, false), (false, true), (true, true)] {
+            let bytes = pcap.write(be, ns);
+            let p = write(dir.path(), "variant.pcap", &bytes);
+            let got = run_file(std::slice::from_ref(&p), FORMATS[0]);
+            assert!(got.1 == want.1, "{f:?} big-endian {be} nanoseconds {ns}");
+            let stdin = run_stdin(&bytes, FORMATS[0]);
+            assert!(
+                stdin.1 == want.1,
+                "{f:?} via libpcap, big-endian {be} ns {ns}"
+            );
+        }
+    }
+}
+
+/// A bulk capture of several megabytes: many chunks, records cut by chunk boundaries.
+fn bulk(dir: &Path) -> PathBuf {
+    let p = dir.join("bulk.pcap");
+    let st = Command::new(env!("CARGO_BIN_EXE_gatescope-gen"))
+        .args([
+            "bulk",
+            "--size",
+            "6M",
+            "--seed",
+            "3",
+            "--connections-concurrent",
+            "40",
+        ])
+        .arg("--out")
+        .arg(&p)
+        .stderr(Stdio::null())
+        .status()
+        .expect("gatescope-gen");
+    assert!(st.success());
+    p
+}
+
+#[test]
+fn a_large_capture_read_in_chunks_matches_libpcap_for_any_thread_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = bulk(dir.path());
+    let bytes = std::fs::read(&p).expect("read");
+    let want = run_stdin(&bytes, &["--format", "json", "--threads", "1"]);
+    assert_eq!(want.0, Some(0), "{}", want.2);
+    for t in ["1", "2", "3"] {
+        let got = run_file(
+            std::slice::from_ref(&p),
+            &["--format", "json", "--threads", t],
+        );
+        assert!(got.1 == want.1, "--threads {t}");
+        let got = run_stdin(&bytes, &["--format", "json", "--threads", t]);
+        assert!(got.1 == want.1, "stdin --threads {t}");
+    }
+}
+
+#[test]
+fn rotated_files_are_one_capture() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = bulk(dir.path());
+    let pcap = parse(&std::fs::read(&p).expect("read")).expect("classic pcap");
+    let n = pcap.records.len();
+    let cuts = [0, n / 5, n / 5 + 1, n / 2, n];
+    let parts: Vec<PathBuf> = cuts
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| write(dir.path(), &format!("part{i}.pcap"), &pcap.part(w[0]..w[1])))
+        .collect();
+    for extra in [
+        &["--format", "json"][..],
+        &["--format", "table", "--all"][..],
+    ] {
+        let whole = run_file(std::slice::from_ref(&p), extra);
+        for t in ["1", "2"] {
+            let mut args = extra.to_vec();
+            args.extend(["--threads", t]);
+            let rotated = run_file(&parts, &args);
+            // The summary counts the files; everything before it must be equal.
+            let cut = |o: &[u8]| {
+                let s = String::from_utf8_lossy(o).into_owned();
+                s.lines()
+                    .filter(|l| !l.contains("\"type\":\"summary\"") && !l.contains("files"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            assert_eq!(cut(&rotated.1), cut(&whole.1), "{extra:?} --threads {t}");
+        }
+    }
+}
+
+#[test]
+fn a_cut_record_is_reported_alike_by_both_readers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = bulk(dir.path());
+    let mut bytes = std::fs::read(&p).expect("read");
+    // Cut in the middle of a record somewhere past the first chunks, and in a record header.
+    for cut in [bytes.len() * 2 / 3, 24 + 16 + 7] {
+        bytes.truncate(cut);
+        let f = write(dir.path(), "cut.pcap", &bytes);
+        for t in ["1", "2"] {
+            let file = run_file(
+                std::slice::from_ref(&f),
+                &["--format", "json", "--threads", t],
+            );
+            let stdin = run_stdin(&bytes, &["--format", "json", "--threads", t]);
+            assert_eq!(file.0, Some(2));
+            assert_eq!(stdin.0, Some(2));
+            let record = |e: &str| {
+                e.split("stopped after record ")
+                    .nth(1)
+                    .and_then(|r| r.split(':').next())
+                    .map(str::to_string)
+            };
+            assert!(record(&file.2).is_some(), "{}", file.2);
+            assert_eq!(
+                record(&file.2),
+                record(&stdin.2),
+                "{} / {}",
+                file.2,
+                stdin.2
+            );
+            // Everything but the summary's input error line (it names the file) is equal.
+            let body = |o: &[u8]| {
+                String::from_utf8_lossy(o)
+                    .lines()
+                    .filter(|l| !l.contains("\"type\":\"summary\""))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(body(&file.1), body(&stdin.1), "cut at {cut}, --threads {t}");
+        }
+    }
+}
