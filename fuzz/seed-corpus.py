@@ -3,7 +3,8 @@
 
 Sources: the bundled captures (captures/*.pcap), ../shared/captures (pcap files), and the
 HTTP texts in ../shared/http-text (libhtp `.t` files: `>>>` client data, `<<<` server data;
-llhttp markdown cases). Input formats are documented in src/fuzzing.rs; this script must
+llhttp markdown cases), and small adversarial captures (`gatescope-gen adversarial`, when
+target/release/gatescope-gen is built). Input formats are documented in src/fuzzing.rs; this script must
 agree with them. Deterministic: the same sources give the same seeds.
 
     python3 fuzz/seed-corpus.py            # from the repository root
@@ -14,7 +15,9 @@ import pathlib
 import random
 import re
 import struct
+import subprocess
 import sys
+import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -84,11 +87,22 @@ def pipeline_seed(link, frames, settings):
     return bytes(out)
 
 
-def pcaps():
+def pcaps(tmp):
     files = sorted((ROOT / "captures").glob("*.pcap"))
     if (SHARED / "captures").is_dir():
         files += sorted(p for p in (SHARED / "captures").rglob("*")
                         if p.is_file() and p.suffix in (".pcap", ".cap", ".pcapng"))
+    gen = ROOT / "target" / "release" / "gatescope-gen"
+    if gen.exists():
+        listing = subprocess.run([gen, "adversarial", "--list"], capture_output=True,
+                                 text=True, check=True).stdout
+        for kind in (line.split()[0] for line in listing.splitlines() if line.strip()):
+            out = pathlib.Path(tmp) / f"{kind}.pcap"
+            count = {"endless-head": 20_000, "tiny-chunks": 500, "huge-chunk": 3_000,
+                     "huge-content-length": 3_000, "ooo-flood": 20}.get(kind, 100)
+            subprocess.run([gen, "adversarial", kind, "--out", out, "--count", str(count)],
+                           capture_output=True, check=True)
+            files.append(out)
     return files
 
 
@@ -174,7 +188,8 @@ def reassembly_seeds():
 
 def main():
     n = {}
-    for i, p in enumerate(pcaps()):
+    tmp = tempfile.TemporaryDirectory()
+    for i, p in enumerate(pcaps(tmp.name)):
         raw = p.read_bytes()
         write("pcap", bytes([(0, 1, 9, 4)[i % 4]]) + raw[:MAX_SEED])
         parsed = pcap_frames(raw)
