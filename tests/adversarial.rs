@@ -87,7 +87,7 @@ impl Driver {
             self.table.segment(&seg, &mut ctx);
         }
         self.collect();
-        if frame % self.every == 0 {
+        if frame.is_multiple_of(self.every) {
             self.check();
         }
     }
