@@ -14,7 +14,8 @@ use crate::decode::linktype;
 use crate::pipeline::Analyzer;
 use crate::time::Ts;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsFd, IntoRawFd};
 
 /// Bytes of one chunk: many records per `read(2)` and per hand-over to the workers, small
 /// enough to stay in cache while it is walked.
@@ -26,6 +27,16 @@ const MAX_CAPLEN: u32 = 262_144;
 
 /// Record header bytes, in both chunk formats.
 const REC_HDR: usize = 16;
+
+/// Room for the start of a record cut by the end of the previous chunk.
+const CARRY_ROOM: usize = REC_HDR + MAX_CAPLEN as usize;
+
+/// Reads go to a page-aligned place in a chunk: into an unaligned buffer the kernel's copy
+/// out of the page cache (the biggest single cost of reading) took half again as long.
+const PAGE: usize = 4096;
+
+/// Bytes of a chunk that is read into: the carry room, the alignment, the read.
+const READ_CAPACITY: usize = CARRY_ROOM + PAGE + CHUNK_BYTES;
 
 /// How the records in a chunk are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,14 +58,17 @@ pub enum RecFormat {
 /// `read(2)` or by [`Chunk::push`].
 pub struct Chunk {
     buf: Box<[u8]>,
+    /// The records are `buf[start..len]`.
+    start: usize,
     len: usize,
     pub link: i32,
     pub fmt: RecFormat,
 }
 
 impl Default for Chunk {
+    /// A chunk to read into.
     fn default() -> Chunk {
-        Chunk::new()
+        Chunk::for_reading()
     }
 }
 
@@ -68,6 +82,7 @@ impl Chunk {
         Chunk {
             // Zeroed once (fresh pages from the allocator), then reused.
             buf: vec![0u8; n].into_boxed_slice(),
+            start: 0,
             len: 0,
             link: linktype::ETHERNET,
             fmt: RecFormat::Native,
@@ -75,25 +90,42 @@ impl Chunk {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len == self.start
     }
 
     /// Bytes held.
     pub fn len(&self) -> usize {
-        self.len
+        self.len - self.start
     }
 
     /// The records, as stored.
     #[inline]
     pub fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        &self.buf[self.start..self.len]
     }
 
     /// Empties the chunk for records of `link` in `fmt`.
     pub fn reset(&mut self, link: i32, fmt: RecFormat) {
+        self.start = 0;
         self.len = 0;
         self.link = link;
         self.fmt = fmt;
+    }
+
+    /// A chunk for [`PcapFile::read_chunk`]: room for a cut record before a full read.
+    pub(crate) fn for_reading() -> Chunk {
+        Chunk::with_capacity(READ_CAPACITY)
+    }
+
+    /// Where reads go: page-aligned, with room for a cut record before.
+    fn read_offset(&self) -> usize {
+        let base = self.buf.as_ptr() as usize;
+        (base + CARRY_ROOM).next_multiple_of(PAGE) - base
+    }
+
+    /// Keeps only the first `n` bytes of the records.
+    pub(crate) fn truncate(&mut self, n: usize) {
+        self.len = self.start + n.min(self.len - self.start);
     }
 
     fn capacity(&self) -> usize {
@@ -114,7 +146,9 @@ impl Chunk {
     /// nothing written) if it does not fit, or if the chunk holds records of another format or
     /// link type.
     pub fn push(&mut self, link: i32, ts: Ts, data: &[u8], orig_len: u32) -> Option<u32> {
-        if self.len == 0 {
+        if self.is_empty() {
+            self.start = 0;
+            self.len = 0;
             self.link = link;
             self.fmt = RecFormat::Native;
         } else if self.link != link || self.fmt != RecFormat::Native {
@@ -198,10 +232,12 @@ enum Fill {
 }
 
 /// A classic pcap file read in chunks.
-struct PcapFile {
+pub(crate) struct PcapFile {
     file: File,
     link: i32,
     fmt: RecFormat,
+    /// Where the records begin, for positioned reads; `None` for a pipe.
+    data_start: Option<u64>,
     /// The start of a record cut by the end of the previous chunk.
     carry: Vec<u8>,
     eof: bool,
@@ -231,22 +267,22 @@ impl PcapFile {
     /// it to libpcap, which also words the error if it is no capture at all.
     fn open(path: &str, shown: &str) -> Result<Option<PcapFile>, String> {
         let mut file = File::open(path).map_err(|e| format!("{shown}: cannot open: {e}"))?;
-        let mut hdr = [0u8; 24];
-        let mut got = 0;
-        while got < hdr.len() {
-            match file.read(&mut hdr[got..]) {
-                Ok(0) => return Ok(None),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return Ok(None),
-            }
-        }
+        let hdr = read_header(&mut file);
+        Ok(PcapFile::from_header(file, &hdr).ok())
+    }
+
+    /// A reader of `file`, whose first bytes, `hdr`, were read already; the file back if
+    /// they are not the header of a pcap file gatescope reads itself.
+    fn from_header(file: File, hdr: &[u8]) -> Result<PcapFile, File> {
+        let Ok(hdr) = <&[u8; 24]>::try_from(hdr) else {
+            return Err(file);
+        };
         let (big_endian, nanos) = match u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) {
             0xa1b2_c3d4 => (false, false),
             0xa1b2_3c4d => (false, true),
             0xd4c3_b2a1 => (true, false),
             0x4d3c_b2a1 => (true, true),
-            _ => return Ok(None),
+            _ => return Err(file),
         };
         let u16_at = |i: usize| {
             let w = [hdr[i], hdr[i + 1]];
@@ -268,14 +304,23 @@ impl PcapFile {
         // length) need libpcap's interpretation.
         let (major, minor, snaplen, lt) = (u16_at(4), u16_at(6), u32_at(16), u32_at(20));
         if (major, minor) != (2, 4) || !native_link(lt) {
-            return Ok(None);
+            return Err(file);
         }
         let snapshot = if snaplen == 0 || snaplen > MAX_CAPLEN {
             MAX_CAPLEN
         } else {
             snaplen
         };
-        Ok(Some(PcapFile {
+        // Chunks can be read at known offsets (by several threads) from a regular file, not
+        // from a pipe.
+        let mut file = file;
+        let seekable = file.metadata().is_ok_and(|m| m.is_file());
+        let data_start = if seekable {
+            file.stream_position().ok()
+        } else {
+            None
+        };
+        Ok(PcapFile {
             file,
             link: lt as i32,
             fmt: RecFormat::Pcap {
@@ -283,10 +328,16 @@ impl PcapFile {
                 nanos,
                 snapshot,
             },
+            data_start,
             carry: Vec::new(),
             eof: false,
             records: 0,
-        }))
+        })
+    }
+
+    /// Whether chunks can be read at their offsets, in parallel ([`PcapFile::read_chunk`]).
+    pub(crate) fn positioned(&self) -> bool {
+        self.data_start.is_some()
     }
 
     fn caplen(&self, h: &[u8]) -> u32 {
@@ -302,12 +353,22 @@ impl PcapFile {
     /// Whole records at the start of `b`: their length, and the problem if a record header
     /// is damaged.
     fn walk(&mut self, b: &[u8]) -> (usize, Option<String>) {
+        let (pos, n, damaged) = self.whole_records(b);
+        self.records += n;
+        (pos, damaged)
+    }
+
+    /// Whole records at the start of `b`: their length, their number, and the problem if a
+    /// record header is damaged (the records before it are whole).
+    pub(crate) fn whole_records(&self, b: &[u8]) -> (usize, u64, Option<String>) {
         let mut pos = 0usize;
+        let mut n = 0u64;
         while let Some(h) = b.get(pos..pos + REC_HDR) {
             let caplen = self.caplen(h);
             if caplen > MAX_CAPLEN {
                 return (
                     pos,
+                    n,
                     Some(format!(
                         "invalid packet capture length {caplen}, bigger than maximum of {MAX_CAPLEN}"
                     )),
@@ -318,24 +379,81 @@ impl PcapFile {
                 break;
             }
             pos = end;
-            self.records += 1;
+            n += 1;
         }
-        (pos, None)
+        (pos, n, None)
+    }
+
+    /// What is wrong with a file that ends with `tail`, the start of a record.
+    pub(crate) fn cut_record(&self, tail: &[u8]) -> String {
+        match tail.len() {
+            n if n < REC_HDR => {
+                format!("truncated dump file; tried to read {REC_HDR} header bytes, only got {n}")
+            }
+            n => format!(
+                "truncated dump file; tried to read {} captured bytes, only got {}",
+                self.caplen(tail),
+                n - REC_HDR
+            ),
+        }
+    }
+
+    /// Reads the `k`-th [`CHUNK_BYTES`] of records (counted from the end of the file header)
+    /// into `chunk` (made with [`Chunk::for_reading`]), after `carry`, the start of a record
+    /// cut by the end of chunk `k - 1`. Returns the bytes read: fewer than [`CHUNK_BYTES`] at
+    /// the end of the file. Safe to call from several threads at once (positioned reads).
+    pub(crate) fn read_chunk(&self, k: u64, chunk: &mut Chunk) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        if chunk.capacity() < READ_CAPACITY {
+            *chunk = Chunk::for_reading();
+        }
+        chunk.reset(self.link, self.fmt);
+        let start = chunk.read_offset();
+        let region = &mut chunk.buf[start..start + CHUNK_BYTES];
+        let Some(data_start) = self.data_start else {
+            return Err(std::io::Error::other("not a regular file"));
+        };
+        let at = data_start + k * CHUNK_BYTES as u64;
+        let mut got = 0;
+        while got < region.len() {
+            match self.file.read_at(&mut region[got..], at + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        chunk.start = start;
+        chunk.len = start + got;
+        Ok(got)
+    }
+
+    /// Puts `carry` (at most [`CARRY_ROOM`] bytes) in front of the bytes
+    /// [`PcapFile::read_chunk`] read into `chunk`.
+    pub(crate) fn prepend(chunk: &mut Chunk, carry: &[u8]) {
+        let n = carry.len().min(chunk.start);
+        chunk.start -= n;
+        chunk.buf[chunk.start..chunk.start + n].copy_from_slice(&carry[..n]);
     }
 
     /// Fills `chunk` with the next whole records by reading.
     fn fill(&mut self, chunk: &mut Chunk) -> Fill {
-        if chunk.capacity() < CHUNK_BYTES {
-            *chunk = Chunk::new();
+        if chunk.capacity() < READ_CAPACITY {
+            *chunk = Chunk::for_reading();
         }
         chunk.reset(self.link, self.fmt);
+        let at = chunk.read_offset();
         let buf = &mut chunk.buf;
-        let mut len = self.carry.len();
-        buf[..len].copy_from_slice(&self.carry);
+        // The start of a record cut by the previous chunk goes just before the read.
+        let carry = self.carry.len().min(at);
+        let start = at - carry;
+        buf[start..at].copy_from_slice(&self.carry[..carry]);
         self.carry.clear();
+        let end = at + CHUNK_BYTES;
+        let mut len = at;
         let mut read_error = None;
-        while len < buf.len() && !self.eof {
-            match self.file.read(&mut buf[len..]) {
+        while len < end && !self.eof {
+            match self.file.read(&mut buf[len..end]) {
                 Ok(0) => self.eof = true,
                 Ok(n) => len += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -346,26 +464,21 @@ impl PcapFile {
             }
         }
         // Whole records only; a record can never exceed a chunk (MAX_CAPLEN < CHUNK_BYTES).
-        let (pos, damaged) = self.walk(&buf[..len]);
-        chunk.len = pos;
+        let (pos, damaged) = self.walk(&buf[start..len]);
+        chunk.start = start;
+        chunk.len = start + pos;
         if let Some(e) = damaged.or(read_error) {
             return Fill::Stop(e);
         }
-        let tail = buf.get(pos..len).unwrap_or_default();
+        let tail = buf.get(start + pos..len).unwrap_or_default();
         if !self.eof {
             self.carry.extend_from_slice(tail);
             return Fill::More;
         }
-        match tail.len() {
-            0 => Fill::End,
-            n if n < REC_HDR => Fill::Stop(format!(
-                "truncated dump file; tried to read {REC_HDR} header bytes, only got {n}"
-            )),
-            n => Fill::Stop(format!(
-                "truncated dump file; tried to read {} captured bytes, only got {}",
-                self.caplen(tail),
-                n - REC_HDR
-            )),
+        if tail.is_empty() {
+            Fill::End
+        } else {
+            Fill::Stop(self.cut_record(tail))
         }
     }
 }
@@ -375,24 +488,75 @@ impl PcapFile {
 /// problem have been analysed either way.
 pub fn read_file(path: &str, filter: Option<&str>, analyzer: &mut Analyzer) -> Result<u64, String> {
     let shown = if path == "-" { "<stdin>" } else { path };
-    if path != "-" {
-        match std::fs::metadata(path) {
-            Err(e) => return Err(format!("{shown}: cannot open: {e}")),
-            Ok(m) if m.is_dir() => {
-                return Err(format!("{shown}: is a directory, not a capture file"))
-            }
-            Ok(m) if m.len() == 0 => {
-                return Err(format!("{shown}: empty file (0 bytes): not a capture"))
-            }
-            Ok(_) => {}
-        }
+    if path == "-" {
         if filter.is_none() {
-            if let Some(f) = PcapFile::open(path, shown)? {
-                return read_native(f, shown, analyzer);
-            }
+            return read_stdin(analyzer);
+        }
+        return read_libpcap(LibpcapSource::Path(path), shown, filter, analyzer);
+    }
+    match std::fs::metadata(path) {
+        Err(e) => return Err(format!("{shown}: cannot open: {e}")),
+        Ok(m) if m.is_dir() => return Err(format!("{shown}: is a directory, not a capture file")),
+        Ok(m) if m.len() == 0 => {
+            return Err(format!("{shown}: empty file (0 bytes): not a capture"))
+        }
+        Ok(_) => {}
+    }
+    if filter.is_none() {
+        if let Some(f) = PcapFile::open(path, shown)? {
+            return read_native(f, shown, analyzer);
         }
     }
-    read_libpcap(path, shown, filter, analyzer)
+    read_libpcap(LibpcapSource::Path(path), shown, filter, analyzer)
+}
+
+/// The first 24 bytes of `r`, or fewer at its end.
+fn read_header(r: &mut impl Read) -> Vec<u8> {
+    let mut hdr = vec![0u8; 24];
+    let mut got = 0;
+    while got < hdr.len() {
+        match r.read(&mut hdr[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    hdr.truncate(got);
+    hdr
+}
+
+/// Standard input: a classic pcap stream is read like a file (in positioned chunks when
+/// standard input is a regular file); anything else goes to libpcap, through a pipe that first
+/// gives it back the bytes looked at.
+fn read_stdin(analyzer: &mut Analyzer) -> Result<u64, String> {
+    let shown = "<stdin>";
+    let fd = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(_) => return read_libpcap(LibpcapSource::Path("-"), shown, None, analyzer),
+    };
+    let mut file = File::from(fd);
+    let hdr = read_header(&mut file);
+    let file = match PcapFile::from_header(file, &hdr) {
+        Ok(f) => return read_native(f, shown, analyzer),
+        Err(file) => file,
+    };
+    let (rd, mut wr) = std::io::pipe().map_err(|e| format!("{shown}: cannot make a pipe: {e}"))?;
+    let pump = std::thread::spawn(move || {
+        let mut file = file;
+        // Stops when libpcap closes its end (it read what it wanted).
+        if wr.write_all(&hdr).is_ok() {
+            let _ = std::io::copy(&mut file, &mut wr);
+        }
+    });
+    let read = read_libpcap(LibpcapSource::Fd(rd.into()), shown, None, analyzer);
+    let _ = pump.join();
+    read
+}
+
+enum LibpcapSource<'a> {
+    Path(&'a str),
+    Fd(std::os::fd::OwnedFd),
 }
 
 fn stopped(shown: &str, records: u64, e: &str) -> String {
@@ -402,6 +566,12 @@ fn stopped(shown: &str, records: u64, e: &str) -> String {
 }
 
 fn read_native(mut f: PcapFile, shown: &str, analyzer: &mut Analyzer) -> Result<u64, String> {
+    if let (Analyzer::Sharded(s), true) = (&mut *analyzer, f.positioned()) {
+        return match s.read_pcap(f) {
+            (records, None) => Ok(records),
+            (records, Some(e)) => Err(stopped(shown, records, &e)),
+        };
+    }
     loop {
         if analyzer.output_failed() {
             return Ok(f.records);
@@ -418,12 +588,17 @@ fn read_native(mut f: PcapFile, shown: &str, analyzer: &mut Analyzer) -> Result<
 }
 
 fn read_libpcap(
-    path: &str,
+    src: LibpcapSource<'_>,
     shown: &str,
     filter: Option<&str>,
     analyzer: &mut Analyzer,
 ) -> Result<u64, String> {
-    let mut cap = pcap::Capture::from_file(path).map_err(|e| {
+    let cap = match src {
+        LibpcapSource::Path(path) => pcap::Capture::from_file(path),
+        // SAFETY: the descriptor is ours alone and handed over; libpcap closes it.
+        LibpcapSource::Fd(fd) => unsafe { pcap::Capture::from_raw_fd(fd.into_raw_fd()) },
+    };
+    let mut cap = cap.map_err(|e| {
         format!("{shown}: not a readable pcap/pcapng capture ({e}); check that it was written by tcpdump -w or dumpcap")
     })?;
     let link = cap.get_datalink().0;

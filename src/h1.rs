@@ -546,9 +546,21 @@ impl Parser {
         if self.buf.len() < self.head_buffer_cap {
             let room = self.head_buffer_cap - self.buf.len();
             let search_from = self.buf.len().saturating_sub(3);
-            let take = room.min(data.len());
+            // Usually the whole head is in this segment: copy the head only, not the rest of
+            // the segment (copying ~1,400 bytes per head to drop most of them again showed in
+            // profiles), and do not search it twice.
+            let fresh = self.buf.is_empty();
+            let (take, found) = match fresh.then(|| head_end(data, 0)).flatten() {
+                Some(end) if end <= room => (end, Some(end)),
+                _ => (room.min(data.len()), None),
+            };
             self.buf.extend_from_slice(&data[..take]);
-            if let Some(end) = head_end(&self.buf, search_from) {
+            let end = if fresh {
+                found
+            } else {
+                head_end(&self.buf, search_from)
+            };
+            if let Some(end) = end {
                 let consumed = take - (self.buf.len() - end);
                 self.buf.truncate(end);
                 if self.role == Role::Response
@@ -599,40 +611,38 @@ impl Parser {
 
     /// Parses the complete head in `buf`.
     fn finish_head(&mut self) -> Step {
-        let mut storage = [httparse::EMPTY_HEADER; 128];
+        // Left uninitialised for httparse to fill (zeroing 128 headers per head, and
+        // collecting them into a Vec, cost as much as the parse).
+        let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
         let n = self.max_headers.min(storage.len());
         let headers = &mut storage[..n];
         let mut head = Head {
             head_len: self.buf.len(),
             ..Head::default()
         };
-        let parsed = match self.role {
+        let parsed: Result<&[httparse::Header<'_>], httparse::Error> = match self.role {
             Role::Response => {
-                let mut r = httparse::Response::new(headers);
-                match r.parse(&self.buf) {
+                let mut r = httparse::Response::new(&mut []);
+                match httparse::ParserConfig::default()
+                    .parse_response_with_uninit_headers(&mut r, &self.buf, headers)
+                {
                     Ok(httparse::Status::Complete(_)) => {
                         head.status = r.code;
                         head.version_minor = r.version.unwrap_or(1);
-                        Ok(r.headers
-                            .iter()
-                            .map(|h| (h.name, h.value))
-                            .collect::<Vec<_>>())
+                        Ok(r.headers)
                     }
                     Ok(httparse::Status::Partial) => Err(httparse::Error::NewLine),
                     Err(e) => Err(e),
                 }
             }
             Role::Request => {
-                let mut r = httparse::Request::new(headers);
-                match r.parse(&self.buf) {
+                let mut r = httparse::Request::new(&mut []);
+                match r.parse_with_uninit_headers(&self.buf, headers) {
                     Ok(httparse::Status::Complete(_)) => {
                         head.method = r.method.map(str::to_owned);
                         head.target = r.path.map(|p| escape(p.as_bytes()));
                         head.version_minor = r.version.unwrap_or(1);
-                        Ok(r.headers
-                            .iter()
-                            .map(|h| (h.name, h.value))
-                            .collect::<Vec<_>>())
+                        Ok(r.headers)
                     }
                     Ok(httparse::Status::Partial) => Err(httparse::Error::NewLine),
                     Err(e) => Err(e),
@@ -654,7 +664,7 @@ impl Parser {
                 return Step::Broken(v);
             }
         };
-        for (name, value) in fields {
+        for &httparse::Header { name, value } in fields {
             if name.eq_ignore_ascii_case("content-length") {
                 let text = String::from_utf8_lossy(value);
                 let trimmed = text.trim();

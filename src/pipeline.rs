@@ -22,9 +22,9 @@
 //! timeouts): a tick every second of packet time lets connections expire and slow waits be
 //! reported.
 
-use crate::capture::Chunk;
+use crate::capture::{Chunk, PcapFile, RecFormat, CHUNK_BYTES};
 use crate::decode::{self, Decoded, Flags, Segment};
-use crate::flow::{Backend, FlowStats, FlowTable, Key};
+use crate::flow::{Backend, FlowStats, FlowTable};
 use crate::limits::Limits;
 use crate::record::{OrderKey, Record};
 use crate::session::Ctx;
@@ -34,7 +34,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 /// Packet time between ticks.
@@ -142,7 +142,7 @@ impl Analyzer {
     pub fn chunk_buffer(&mut self) -> Chunk {
         match self {
             Analyzer::Single(s) => s.spare.take().unwrap_or_default(),
-            Analyzer::Sharded(s) => s.free_chunk(),
+            Analyzer::Sharded(s) => s.spare.pop().unwrap_or_else(Chunk::for_reading),
         }
     }
 
@@ -166,7 +166,7 @@ impl Analyzer {
     pub fn read_stats(&mut self) -> &mut ReadStats {
         match self {
             Analyzer::Single(s) => &mut s.engine.read,
-            Analyzer::Sharded(s) => &mut s.read,
+            Analyzer::Sharded(s) => &mut s.indexer.read,
         }
     }
 
@@ -393,15 +393,91 @@ struct SegInfo {
     flags: u8,
 }
 
-/// A chunk and its index, shared by all workers.
+/// A chunk and its index: what the workers share. Pooled.
 struct Shared {
     chunk: Chunk,
     index: Index,
 }
 
-/// From the calling thread to a worker.
+/// The chunks in circulation: a fixed number, so that reading waits for the workers instead
+/// of memory growing with the file.
+struct Pool {
+    state: Mutex<PoolState>,
+    returned: Condvar,
+}
+
+struct PoolState {
+    free: Vec<Shared>,
+    allocated: usize,
+    limit: usize,
+    workers: usize,
+}
+
+impl Pool {
+    fn new(limit: usize, workers: usize) -> Pool {
+        Pool {
+            state: Mutex::new(PoolState {
+                free: Vec::new(),
+                allocated: 0,
+                limit,
+                workers,
+            }),
+            returned: Condvar::new(),
+        }
+    }
+
+    /// A free chunk; waits while all are in flight.
+    fn take(&self) -> Shared {
+        let mut st = lock(&self.state);
+        loop {
+            if let Some(s) = st.free.pop() {
+                return s;
+            }
+            if st.allocated < st.limit {
+                st.allocated += 1;
+                let mut index = Index::default();
+                index.segs.resize_with(st.workers, Vec::new);
+                return Shared {
+                    chunk: Chunk::for_reading(),
+                    index,
+                };
+            }
+            st = self.returned.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn give(&self, mut s: Shared) {
+        s.index.clear();
+        let (link, fmt) = (s.chunk.link, s.chunk.fmt);
+        s.chunk.reset(link, fmt);
+        lock(&self.state).free.push(s);
+        self.returned.notify_one();
+    }
+}
+
+/// A lock that survives a panic elsewhere (the state it guards stays consistent: every
+/// critical section here is a handful of assignments).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A chunk lent to the workers; back to the pool when the last of them drops it.
+struct Lease {
+    shared: Option<Shared>,
+    pool: Arc<Pool>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(s) = self.shared.take() {
+            self.pool.give(s);
+        }
+    }
+}
+
+/// From the calling thread (or a reading thread) to a worker.
 enum Work {
-    Frames(Arc<Shared>),
+    Frames(Arc<Lease>),
     /// Live read timeout: packet time is `now`, a tick is due or not; `upto` is the position.
     Advance {
         now: Ts,
@@ -443,7 +519,7 @@ fn render(
         .collect()
 }
 
-/// From a worker to the calling thread.
+/// To the calling thread.
 enum Report {
     /// Records produced since the last report, all at positions ≤ `upto`; `adv` is the
     /// advance that produced them (0: frames).
@@ -453,158 +529,34 @@ enum Report {
         records: Vec<Rendered>,
         upto: Pos,
     },
-    /// A chunk every worker is done with.
-    Free(Box<Shared>),
     /// End of input: the last records (connections open at the end) and the counters.
     Done {
         worker: usize,
         records: Vec<Rendered>,
         flow: Box<FlowStats>,
     },
+    /// A reading thread is finished with the file.
+    ReaderDone,
 }
 
-/// Chunks in flight per worker (beyond these the reader waits): enough to keep every worker
-/// busy while the reader fills the next, few enough to bound memory.
-const CHUNKS_PER_WORKER: usize = 2;
-
-/// Connections sharded over worker threads; the calling thread reads, indexes each chunk,
-/// and writes the output.
-pub struct Sharded {
-    workers: Vec<Sender<Work>>,
-    handles: Vec<JoinHandle<()>>,
-    reports: Receiver<Report>,
-    /// Chunks back from the workers, and the indexes that went with them.
-    free: Vec<Chunk>,
-    free_index: Vec<Index>,
-    allocated: usize,
-    max_chunks: usize,
-    /// Frames from [`Analyzer::packet`] not yet handed over.
-    filling: Option<(Chunk, Index)>,
+/// Frame counting, packet time and ticks, and the decoding that decides which worker gets a
+/// segment: done once per frame, in frame order, by whichever thread holds it.
+#[derive(Default)]
+struct Indexer {
     frame: u64,
     last_ts: Ts,
     next_tick: Option<Ts>,
     /// Effective live advances since the last frame.
     adv: u32,
-    pub read: ReadStats,
-    merger: Merger,
-    /// A worker is gone (a bug): chunks sent to it never come back.
-    broken: bool,
+    read: ReadStats,
+    workers: u64,
 }
 
-impl Sharded {
-    fn new(cfg: &Config, collector: Collector) -> Sharded {
-        let n = cfg.threads.max(2);
-        let (report_tx, reports) = channel::<Report>();
-        let mut workers = Vec::with_capacity(n);
-        let mut handles = Vec::with_capacity(n);
-        let renderer = collector.out.renderer();
-        for w in 0..n {
-            let (tx, rx) = channel::<Work>();
-            let report = report_tx.clone();
-            let flow = FlowTable::new(cfg.limits.clone(), cfg.backends.clone(), n);
-            let renderer = renderer.clone();
-            handles.push(std::thread::spawn(move || {
-                worker(w, flow, rx, report, renderer)
-            }));
-            workers.push(tx);
-        }
-        Sharded {
-            workers,
-            handles,
-            reports,
-            free: Vec::new(),
-            free_index: Vec::new(),
-            allocated: 0,
-            max_chunks: n * CHUNKS_PER_WORKER + 2,
-            filling: None,
-            frame: 0,
-            last_ts: Ts(0),
-            next_tick: None,
-            adv: 0,
-            read: ReadStats::default(),
-            merger: Merger::new(n, collector),
-            broken: false,
-        }
-    }
-
-    /// Handles one report.
-    fn handle(&mut self, r: Report) {
-        match r {
-            Report::Records {
-                worker,
-                adv,
-                records,
-                upto,
-            } => self.merger.records(worker, adv, records, upto),
-            Report::Free(s) => {
-                let Shared { chunk, mut index } = *s;
-                index.clear();
-                self.free.push(chunk);
-                self.free_index.push(index);
-            }
-            Report::Done {
-                worker,
-                records,
-                flow,
-            } => {
-                self.merger.flow.merge(&flow);
-                self.merger
-                    .records(worker, 0, records, (u64::MAX, u32::MAX));
-            }
-        }
-    }
-
-    /// Handles the reports that are waiting, without blocking, and writes what it can.
-    fn poll(&mut self) {
-        while let Ok(r) = self.reports.try_recv() {
-            self.handle(r);
-        }
-        self.merger.release();
-    }
-
-    /// A free chunk; waits for the workers (writing their records meanwhile) when all are in
-    /// flight.
-    fn free_chunk(&mut self) -> Chunk {
-        self.poll();
-        loop {
-            if let Some(mut c) = self.free.pop() {
-                c.reset(c.link, c.fmt);
-                return c;
-            }
-            if self.allocated < self.max_chunks || self.broken {
-                self.allocated += 1;
-                return Chunk::new();
-            }
-            match self.reports.recv() {
-                Ok(r) => {
-                    self.handle(r);
-                    self.merger.release();
-                }
-                // Every worker is gone (a bug); do not hang.
-                Err(_) => self.broken = true,
-            }
-        }
-    }
-
-    fn new_index(&mut self) -> Index {
-        let mut ix = self.free_index.pop().unwrap_or_default();
-        ix.segs.resize_with(self.workers.len(), Vec::new);
-        ix
-    }
-
-    /// Counts and decodes one frame (`data`, at `base` + `off` in its chunk), and notes
-    /// which worker analyses it.
+impl Indexer {
+    /// Counts and decodes one frame (`data`, part of `base`, the chunk's records), and puts
+    /// its segment on the list of the worker that analyses its connection.
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    fn index_frame(
-        &mut self,
-        ix: &mut Index,
-        base: &[u8],
-        link: i32,
-        ts: Ts,
-        data: &[u8],
-        len: u32,
-    ) {
+    fn frame(&mut self, ix: &mut Index, base: &[u8], link: i32, ts: Ts, data: &[u8], len: u32) {
         self.frame += 1;
         self.adv = 0;
         self.last_ts = self.last_ts.max(ts);
@@ -621,7 +573,7 @@ impl Sharded {
         let Some(seg) = classify(&mut self.read, link, data, len) else {
             return;
         };
-        let w = (Key::new(seg.src, seg.dst).shard_hash() % self.workers.len() as u64) as usize;
+        let w = (shard_hash(&seg.src, &seg.dst) % self.workers.max(1)) as usize;
         // The payload is a part of the chunk (`data` is).
         let at = (seg.payload.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
         let (Ok(at), Ok(plen)) = (u32::try_from(at), u32::try_from(seg.payload.len())) else {
@@ -644,113 +596,310 @@ impl Sharded {
         }
     }
 
-    fn send(&mut self, chunk: Chunk, index: Index) {
-        if index.frames == 0 {
-            self.free.push(chunk);
-            self.free_index.push(index);
-            return;
-        }
-        // Only the workers hold the chunk, so that the last one to finish with it gives it back.
-        let mut s = Some(Arc::new(Shared { chunk, index }));
-        let n = self.workers.len();
-        for (i, w) in self.workers.iter().enumerate() {
-            let this = if i + 1 == n { s.take() } else { s.clone() };
-            if let Some(this) = this {
-                // A worker that died (it cannot, short of a bug) must not take the reader down
-                // nor make it wait for chunks that will not come back.
-                if w.send(Work::Frames(this)).is_err() {
-                    self.broken = true;
-                }
+    /// All the records of `s`'s chunk.
+    fn chunk(&mut self, s: &mut Shared) {
+        let Shared { chunk, index } = s;
+        let (link, base) = (chunk.link, chunk.bytes());
+        chunk.for_each(|_, ts, data, len| self.frame(index, base, link, ts, data, len));
+    }
+}
+
+/// A hash of a connection's two ends that is the same for both directions (so that both
+/// land on the same worker), cheaper than hashing a [`crate::flow::Key`]: each end mixed on its own, the
+/// two added.
+#[inline]
+fn shard_hash(a: &SocketAddr, b: &SocketAddr) -> u64 {
+    fn end(a: &SocketAddr) -> u64 {
+        let v = match a {
+            SocketAddr::V4(v4) => u64::from(v4.ip().to_bits()),
+            SocketAddr::V6(v6) => {
+                let x = v6.ip().to_bits();
+                (x as u64) ^ ((x >> 64) as u64).rotate_left(17)
             }
+        };
+        // SplitMix64's finaliser: every input bit moves every output bit.
+        let mut z = v ^ (u64::from(a.port()) << 48) ^ 0x9e37_79b9_7f4a_7c15;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    end(a).wrapping_add(end(b))
+}
+
+/// Hands a chunk to every worker; only they hold it then, so that the last one to finish
+/// with it gives it back to the pool. False if a worker is gone (a bug).
+fn dispatch(workers: &[Sender<Work>], pool: &Arc<Pool>, s: Shared) -> bool {
+    if s.index.frames == 0 {
+        pool.give(s);
+        return true;
+    }
+    let mut lease = Some(Arc::new(Lease {
+        shared: Some(s),
+        pool: pool.clone(),
+    }));
+    let mut ok = true;
+    for (i, w) in workers.iter().enumerate() {
+        let this = if i + 1 == workers.len() {
+            lease.take()
+        } else {
+            lease.clone()
+        };
+        if let Some(this) = this {
+            ok &= w.send(Work::Frames(this)).is_ok();
         }
+    }
+    ok
+}
+
+/// Chunks in flight per worker (beyond these, reading waits): enough to keep every worker
+/// busy while the next are read, few enough to bound memory.
+const CHUNKS_PER_WORKER: usize = 2;
+
+/// At most this many threads read a file at once.
+const MAX_READERS: usize = 4;
+
+/// Connections sharded over worker threads. Capture files are read by several threads at
+/// once (each reads its chunks, then, in turn, walks and indexes them); other sources are
+/// indexed by the calling thread, which also writes the output.
+pub struct Sharded {
+    workers: Vec<Sender<Work>>,
+    handles: Vec<JoinHandle<()>>,
+    reports: Receiver<Report>,
+    /// For the reading threads; dropped at the end so that the channel closes.
+    report_tx: Option<Sender<Report>>,
+    pool: Arc<Pool>,
+    readers: usize,
+    /// Frames from [`Analyzer::packet`] not yet handed over.
+    filling: Option<Shared>,
+    indexer: Indexer,
+    merger: Merger,
+    /// A buffer for [`Analyzer::chunk_buffer`].
+    spare: Vec<Chunk>,
+}
+
+impl Sharded {
+    fn new(cfg: &Config, collector: Collector) -> Sharded {
+        let n = cfg.threads.max(2);
+        let (report_tx, reports) = channel::<Report>();
+        let mut workers = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        let renderer = collector.out.renderer();
+        for w in 0..n {
+            let (tx, rx) = channel::<Work>();
+            let report = report_tx.clone();
+            let flow = FlowTable::new(cfg.limits.clone(), cfg.backends.clone(), n);
+            let renderer = renderer.clone();
+            handles.push(spawn(format!("gs-worker-{w}"), move || {
+                worker(w, flow, rx, report, renderer)
+            }));
+            workers.push(tx);
+        }
+        let readers = n.min(MAX_READERS);
+        Sharded {
+            workers,
+            handles,
+            reports,
+            report_tx: Some(report_tx),
+            pool: Arc::new(Pool::new(n * CHUNKS_PER_WORKER + readers + 1, n)),
+            readers,
+            filling: None,
+            indexer: Indexer {
+                workers: n as u64,
+                ..Indexer::default()
+            },
+            merger: Merger::new(n, collector),
+            spare: Vec::new(),
+        }
+    }
+
+    /// Handles one report.
+    fn handle(&mut self, r: Report) {
+        match r {
+            Report::Records {
+                worker,
+                adv,
+                records,
+                upto,
+            } => self.merger.records(worker, adv, records, upto),
+            Report::Done {
+                worker,
+                records,
+                flow,
+            } => {
+                self.merger.flow.merge(&flow);
+                self.merger
+                    .records(worker, 0, records, (u64::MAX, u32::MAX));
+            }
+            Report::ReaderDone => {}
+        }
+    }
+
+    /// Handles the reports that are waiting, without blocking, and writes what it can.
+    fn poll(&mut self) {
+        while let Ok(r) = self.reports.try_recv() {
+            self.handle(r);
+        }
+        self.merger.release();
+    }
+
+    fn send(&mut self, s: Shared) {
+        // A worker that died (it cannot, short of a bug) must not take the reader down.
+        let _ = dispatch(&self.workers, &self.pool, s);
     }
 
     fn flush_filling(&mut self) {
-        if let Some((c, ix)) = self.filling.take() {
-            self.send(c, ix);
+        if let Some(s) = self.filling.take() {
+            self.send(s);
         }
     }
 
+    /// A chunk from the pool, writing output while waiting for one.
+    fn take(&mut self) -> Shared {
+        self.poll();
+        let mut s = self.pool.take();
+        s.chunk.reset(s.chunk.link, RecFormat::Native);
+        s
+    }
+
     fn packet(&mut self, link: i32, ts: Ts, data: &[u8], orig_len: u32) {
-        let (mut c, mut ix) = match self.filling.take() {
-            Some(f) => f,
-            None => (self.free_chunk(), self.new_index()),
+        let mut s = match self.filling.take() {
+            Some(s) => s,
+            None => self.take(),
         };
-        let off = match c.push(link, ts, data, orig_len) {
+        let off = match s.chunk.push(link, ts, data, orig_len) {
             Some(off) => off,
             None => {
-                self.send(c, ix);
-                c = self.free_chunk();
-                if !c.fits_empty(data.len()) {
-                    c = Chunk::for_frame(data.len());
+                self.send(s);
+                s = self.take();
+                if !s.chunk.fits_empty(data.len()) {
+                    s.chunk = Chunk::for_frame(data.len());
                 }
-                ix = self.new_index();
                 // An empty chunk big enough takes any frame; should it not, the frame is
                 // still counted (as in any chunk) but carries nothing.
-                match c.push(link, ts, data, orig_len) {
+                match s.chunk.push(link, ts, data, orig_len) {
                     Some(off) => off,
                     None => {
-                        self.index_frame(&mut ix, &[], link, ts, &[], orig_len);
-                        self.filling = Some((c, ix));
+                        let Shared { index, .. } = &mut s;
+                        self.indexer.frame(index, &[], link, ts, &[], orig_len);
+                        self.filling = Some(s);
                         return;
                     }
                 }
             }
         };
         // Decoded from the chunk's copy, so that the payload is found in the chunk.
-        if let Some((ts, data, len, _)) = c.record_at(off as usize) {
-            self.index_frame(&mut ix, c.bytes(), link, ts, data, len);
+        let Shared { chunk, index } = &mut s;
+        if let Some((ts, data, len, _)) = chunk.record_at(off as usize) {
+            self.indexer
+                .frame(index, chunk.bytes(), link, ts, data, len);
         }
-        self.filling = Some((c, ix));
+        self.filling = Some(s);
     }
 
+    /// A chunk read elsewhere (not by [`Sharded::read_pcap`]).
     fn chunk(&mut self, c: Chunk) {
         self.flush_filling();
-        let mut ix = self.new_index();
-        let link = c.link;
-        let base = c.bytes();
-        c.for_each(|_, ts, data, len| self.index_frame(&mut ix, base, link, ts, data, len));
-        self.send(c, ix);
+        let mut s = self.take();
+        let old = std::mem::replace(&mut s.chunk, c);
+        if self.spare.is_empty() {
+            self.spare.push(old);
+        }
+        self.indexer.chunk(&mut s);
+        self.send(s);
         self.poll();
     }
 
     fn advance(&mut self, now: Ts) {
         self.flush_filling();
-        if now > self.last_ts {
-            self.last_ts = now;
-            let tick = match self.next_tick {
+        let ix = &mut self.indexer;
+        if now > ix.last_ts {
+            ix.last_ts = now;
+            let tick = match ix.next_tick {
                 None => {
-                    self.next_tick = Some(Ts(now.0 + TICK_US));
+                    ix.next_tick = Some(Ts(now.0 + TICK_US));
                     false
                 }
                 Some(t) if now >= t => {
-                    self.next_tick = Some(Ts(now.0 + TICK_US));
+                    ix.next_tick = Some(Ts(now.0 + TICK_US));
                     true
                 }
                 Some(_) => false,
             };
-            self.adv += 1;
+            ix.adv += 1;
+            let upto = (ix.frame, ix.adv);
             for w in &self.workers {
                 let _ = w.send(Work::Advance {
                     now,
                     tick,
-                    frame: self.frame,
-                    upto: (self.frame, self.adv),
+                    frame: upto.0,
+                    upto,
                 });
             }
         }
         self.poll();
     }
 
+    /// Reads a classic pcap file with several threads: each reads its share of the chunks
+    /// (the copy out of the page cache was most of the reading), then, when its turn comes,
+    /// walks and indexes its chunk (cheap, and in its own cache) and hands it to the workers.
+    /// Returns the records read and the problem that stopped the reading, if any.
+    pub(crate) fn read_pcap(&mut self, file: PcapFile) -> (u64, Option<String>) {
+        self.flush_filling();
+        let file = Arc::new(file);
+        let baton = Arc::new(Baton {
+            turn: Mutex::new(Turn {
+                next: 0,
+                carry: Vec::new(),
+                indexer: std::mem::take(&mut self.indexer),
+                records: 0,
+                end: None,
+            }),
+            passed: Condvar::new(),
+        });
+        let mut threads = Vec::with_capacity(self.readers);
+        for id in 0..self.readers {
+            let r = Reader {
+                id: id as u64,
+                readers: self.readers as u64,
+                file: file.clone(),
+                baton: baton.clone(),
+                pool: self.pool.clone(),
+                workers: self.workers.clone(),
+                report: self.report_tx.clone(),
+            };
+            threads.push(spawn(format!("gs-reader-{id}"), move || r.run()));
+        }
+        let mut done = 0;
+        while done < threads.len() {
+            match self.reports.recv() {
+                Ok(Report::ReaderDone) => done += 1,
+                Ok(r) => self.handle(r),
+                Err(_) => break,
+            }
+            self.merger.release();
+            if self.merger.collector.error.is_some() {
+                // Nobody reads the output any more: stop reading.
+                baton.stop(None);
+            }
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        let mut turn = lock(&baton.turn);
+        self.indexer = std::mem::take(&mut turn.indexer);
+        (turn.records, turn.end.take().flatten())
+    }
+
     fn finish(mut self, input_errors: Vec<String>) -> (Summary, Option<io::Error>) {
         self.flush_filling();
         for w in &self.workers {
             let _ = w.send(Work::End {
-                last_ts: self.last_ts,
-                frame: self.frame,
+                last_ts: self.indexer.last_ts,
+                frame: self.indexer.frame,
             });
         }
         self.workers.clear();
+        self.report_tx = None;
         // Until every worker has reported its end (the channel closes when all are gone).
         while let Ok(r) = self.reports.recv() {
             self.handle(r);
@@ -771,10 +920,130 @@ impl Sharded {
                 Some(io::Error::other("a worker thread failed")),
             );
         }
-        collector.summary.read = self.read;
+        collector.summary.read = self.indexer.read;
         collector.summary.flow = flow;
         collector.summary.input_errors = input_errors;
         collector.finish()
+    }
+}
+
+/// Starts a named thread (names show in `top -H` and `perf`).
+fn spawn<F: FnOnce() + Send + 'static>(name: String, f: F) -> JoinHandle<()> {
+    let b = std::thread::Builder::new().name(name);
+    match b.spawn(f) {
+        Ok(h) => h,
+        // Naming cannot fail short of an interior NUL; spawning at all can, and then there is
+        // nothing to fall back on.
+        Err(e) => panic!("cannot start a thread: {e}"),
+    }
+}
+
+/// Whose turn it is to walk and index a chunk of the file being read, and what passes from
+/// one chunk to the next.
+struct Baton {
+    turn: Mutex<Turn>,
+    passed: Condvar,
+}
+
+struct Turn {
+    /// The chunk to walk next.
+    next: u64,
+    /// The start of a record cut by the end of the previous chunk.
+    carry: Vec<u8>,
+    indexer: Indexer,
+    /// Whole records of this file so far.
+    records: u64,
+    /// Set when reading ends: `Some(None)` at the end of the file (or when stopped),
+    /// `Some(Some(problem))` at a damaged or cut record or a read error.
+    end: Option<Option<String>>,
+}
+
+impl Baton {
+    fn stop(&self, problem: Option<String>) {
+        let mut t = lock(&self.turn);
+        if t.end.is_none() {
+            t.end = Some(problem);
+        }
+        drop(t);
+        self.passed.notify_all();
+    }
+}
+
+/// One of the threads reading a file: chunks `id`, `id + readers`, ...
+struct Reader {
+    id: u64,
+    readers: u64,
+    file: Arc<PcapFile>,
+    baton: Arc<Baton>,
+    pool: Arc<Pool>,
+    workers: Vec<Sender<Work>>,
+    report: Option<Sender<Report>>,
+}
+
+impl Reader {
+    fn run(self) {
+        // Whatever happens (even a panic), the others must not wait for this thread's turn,
+        // and the calling thread must hear that it is done.
+        struct Guard<'a>(&'a Reader);
+        impl Drop for Guard<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0
+                        .baton
+                        .stop(Some("internal error while reading".into()));
+                }
+                if let Some(r) = &self.0.report {
+                    let _ = r.send(Report::ReaderDone);
+                }
+            }
+        }
+        let _guard = Guard(&self);
+        let mut k = self.id;
+        loop {
+            let mut s = self.pool.take();
+            let got = self.file.read_chunk(k, &mut s.chunk);
+            let mut t = lock(&self.baton.turn);
+            while t.next != k && t.end.is_none() {
+                t = self.baton.passed.wait(t).unwrap_or_else(|e| e.into_inner());
+            }
+            if t.end.is_some() {
+                drop(t);
+                self.pool.give(s);
+                return;
+            }
+            match got {
+                Err(e) => t.end = Some(Some(format!("error reading dump file: {e}"))),
+                Ok(n) => {
+                    let carry = std::mem::take(&mut t.carry);
+                    PcapFile::prepend(&mut s.chunk, &carry);
+                    let (whole, count, damaged) = self.file.whole_records(s.chunk.bytes());
+                    t.records += count;
+                    let tail = s.chunk.bytes().get(whole..).unwrap_or_default().to_vec();
+                    s.chunk.truncate(whole);
+                    t.indexer.chunk(&mut s);
+                    if damaged.is_some() {
+                        t.end = Some(damaged);
+                    } else if n < CHUNK_BYTES {
+                        // The end of the file.
+                        t.end = Some((!tail.is_empty()).then(|| self.file.cut_record(&tail)));
+                    } else {
+                        t.carry = tail;
+                    }
+                    // In turn, so that the workers get the chunks in order.
+                    if !dispatch(&self.workers, &self.pool, s) {
+                        t.end = Some(Some("internal error: a worker thread is gone".into()));
+                    }
+                }
+            }
+            t.next = k + 1;
+            let end = t.end.is_some();
+            drop(t);
+            self.baton.passed.notify_all();
+            if end {
+                return;
+            }
+            k += self.readers;
+        }
     }
 }
 
@@ -799,8 +1068,10 @@ fn worker(
     let mut buf = Vec::new();
     while let Ok(work) = rx.recv() {
         match work {
-            Work::Frames(s) => {
-                let Shared { chunk, index } = &*s;
+            Work::Frames(lease) => {
+                let Some(Shared { chunk, index }) = lease.shared.as_ref() else {
+                    continue;
+                };
                 let bytes = chunk.bytes();
                 let mut ticks = index.ticks.iter().peekable();
                 for m in index.segs.get(id).map_or(&[][..], |v| &v[..]) {
@@ -841,11 +1112,9 @@ fn worker(
                     records: render(&mut out, &renderer, &mut buf),
                     upto: (index.last_frame, 0),
                 };
+                drop(lease);
                 if tx.send(report).is_err() {
                     return;
-                }
-                if let Some(s) = Arc::into_inner(s) {
-                    let _ = tx.send(Report::Free(Box::new(s)));
                 }
             }
             Work::Advance {

@@ -15,6 +15,9 @@ pub struct JsonLines<W: Write + Send> {
     extra: serde_json::Map<String, serde_json::Value>,
     flush_each: bool,
     last_flush: std::time::Instant,
+    /// A line is serialised here, then written at once (serde_json's many small writes into
+    /// the `BufWriter` cost more than the copy).
+    line_buf: Vec<u8>,
 }
 
 impl<W: Write + Send> JsonLines<W> {
@@ -24,6 +27,7 @@ impl<W: Write + Send> JsonLines<W> {
             extra,
             flush_each,
             last_flush: std::time::Instant::now(),
+            line_buf: Vec::with_capacity(1024),
         }
     }
 
@@ -76,8 +80,10 @@ impl<W: Write + Send> Output for JsonLines<W> {
     fn record(&mut self, r: &Record) -> io::Result<()> {
         let urgent = matches!(r, Record::Finding(_));
         if self.extra.is_empty() {
-            serde_json::to_writer(&mut self.w, r)?;
-            self.w.write_all(b"\n")?;
+            self.line_buf.clear();
+            serde_json::to_writer(&mut self.line_buf, r)?;
+            self.line_buf.push(b'\n');
+            self.w.write_all(&self.line_buf)?;
             return self.maybe_flush(urgent);
         }
         let v = serde_json::to_value(r).map_err(io::Error::other)?;

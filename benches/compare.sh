@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Compares gatescope with the libpcap read floor and with tshark on one capture file.
+#
+#   benches/compare.sh FILE [--port PORT] [--tshark-limit MB] [--runs N] [--threads N]
+#
+# Rows (each the best of --runs runs, page cache warm; peak RSS from /usr/bin/time):
+#   tcpdump -r FILE -w /dev/null              libpcap reading and writing every record: a floor
+#   gatescope --threads 1 --format json FILE  the full analysis, JSON Lines to /dev/null
+#   gatescope --threads N --format json FILE  N = --threads, default: the number of cores
+#   tshark -r SUB -d tcp.port==PORT,http -q -z http,tree    full HTTP dissection
+#
+# tshark runs at ~5-10 MB/s and keeps every packet's state in memory, so it reads SUB: the
+# first --tshark-limit MB of FILE (default 100; cut at a record boundary with tcpdump -c), or
+# FILE itself when it is smaller. gatescope is also run on SUB, for a like-for-like ratio and
+# for the check: gatescope's exchanges whose request was complete must equal tshark's "HTTP
+# Request Packets" on SUB (requests cut by the end of SUB are complete for neither). The
+# script exits 1 if they differ.
+#
+# GATESCOPE=path picks the binary (default: target/release/gatescope, built if missing).
+set -euo pipefail
+
+usage() {
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+}
+
+FILE=""
+PORT=8080
+LIMIT_MB=100
+RUNS=3
+THREADS=$(nproc)
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --port) PORT=$2; shift 2 ;;
+        --tshark-limit) LIMIT_MB=$2; shift 2 ;;
+        --runs) RUNS=$2; shift 2 ;;
+        --threads) THREADS=$2; shift 2 ;;
+        -h|--help) usage ;;
+        -*) echo "unknown option $1" >&2; usage ;;
+        *) FILE=$1; shift ;;
+    esac
+done
+[ -n "$FILE" ] && [ -r "$FILE" ] || usage
+for tool in tcpdump tshark /usr/bin/time; do
+    command -v "$tool" >/dev/null || { echo "compare.sh: $tool is needed" >&2; exit 2; }
+done
+
+cd "$(dirname "$0")/.."
+BIN=${GATESCOPE:-target/release/gatescope}
+if [ ! -x "$BIN" ]; then
+    cargo build --release --quiet --bin gatescope
+fi
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+size=$(stat -c %s "$FILE")
+
+# Best wall time (s) and the peak RSS (KiB) of that run, over $RUNS runs of "$@", into
+# M_WALL and M_RSS.
+measure() {
+    M_WALL=""
+    M_RSS=""
+    local t m
+    for _ in $(seq "$RUNS"); do
+        # exit 1 (error findings) is a normal outcome of an analysis
+        local t0 t1
+        t0=$(date +%s%N)
+        if ! /usr/bin/time -f "%e %M" -o "$TMP/time" "$@" >/dev/null 2>"$TMP/err"; then
+            if [ "$(head -n 1 "$TMP/time" | cut -c1-7)" = "Command" ] &&
+                ! grep -q "exit status 1" "$TMP/time"; then
+                echo "compare.sh: failed: $*" >&2
+                cat "$TMP/err" "$TMP/time" >&2
+                exit 2
+            fi
+        fi
+        t1=$(date +%s%N)
+        read -r _ m < <(tail -n 1 "$TMP/time")
+        t=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", (b - a) / 1e9 }')
+        if [ -z "$M_WALL" ] || awk -v a="$t" -v b="$M_WALL" 'BEGIN { exit !(a < b) }'; then
+            M_WALL=$t
+            M_RSS=$m
+        fi
+    done
+}
+
+# The file tshark reads: FILE, or its first LIMIT_MB megabytes in whole records.
+SUB=$FILE
+limit=$((LIMIT_MB * 1000000))
+if [ "$size" -gt "$limit" ]; then
+    packets=$("$BIN" analyze --format json --threads 1 "$FILE" | tail -n 1 |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["read"]["packets"])')
+    count=$(( packets * limit / size ))
+    SUB=$TMP/sub.pcap
+    tcpdump -r "$FILE" -w "$SUB" -c "$count" 2>/dev/null
+fi
+sub_size=$(stat -c %s "$SUB")
+
+cat "$FILE" "$SUB" >/dev/null  # page cache warm
+
+declare -A WALL RSS BYTES
+row() {  # name bytes command...
+    local name=$1 bytes=$2
+    shift 2
+    measure "$@"
+    WALL[$name]=$M_WALL
+    RSS[$name]=$M_RSS
+    BYTES[$name]=$bytes
+}
+row tcpdump "$size" tcpdump -r "$FILE" -w /dev/null
+row gs1 "$size" "$BIN" analyze --threads 1 --format json "$FILE"
+row gsN "$size" "$BIN" analyze --threads "$THREADS" --format json "$FILE"
+row gs1_sub "$sub_size" "$BIN" analyze --threads 1 --format json "$SUB"
+RUNS=1 row tshark "$sub_size" tshark -r "$SUB" -d "tcp.port==$PORT,http" -q -z http,tree
+
+mbs() { awk -v b="${BYTES[$1]}" -v t="${WALL[$1]}" 'BEGIN { printf "%.0f", b / 1e6 / (t > 0 ? t : 1e-9) }'; }
+
+cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
+echo "machine: $cpu, $(nproc) cores; $(uname -sr)"
+echo "file: $FILE ($(awk -v b="$size" 'BEGIN { printf "%.0f", b / 1e6 }') MB); tshark input: $( [ "$SUB" = "$FILE" ] && echo "the same file" || echo "its first $(awk -v b="$sub_size" 'BEGIN { printf "%.0f", b / 1e6 }') MB")"
+echo
+printf "%-44s %9s %9s %9s %12s %10s\n" "run" "input MB" "time s" "MB/s" "peak RSS MiB" "speed"
+for r in tcpdump gs1 gsN gs1_sub tshark; do
+    case $r in
+        tcpdump) label="tcpdump -r FILE -w /dev/null (libpcap floor)" ;;
+        gs1) label="gatescope --threads 1 --format json" ;;
+        gsN) label="gatescope --threads $THREADS --format json" ;;
+        gs1_sub) label="gatescope --threads 1 (tshark's input)" ;;
+        tshark) label="tshark -z http,tree (full HTTP dissection)" ;;
+    esac
+    base=gs1
+    [ "$r" = tshark ] && base=gs1_sub
+    ratio=$(awk -v a="$(mbs "$r")" -v b="$(mbs $base)" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }')
+    printf "%-44s %9.0f %9.3f %9s %12.1f %10s\n" "$label" \
+        "$(awk -v b="${BYTES[$r]}" 'BEGIN { print b / 1e6 }')" "${WALL[$r]}" "$(mbs "$r")" \
+        "$(awk -v k="${RSS[$r]}" 'BEGIN { print k / 1024 }')" "$ratio"
+done
+echo "(speed: MB/s relative to gatescope --threads 1 on the same input)"
+echo
+echo "scaling: --threads $THREADS is $(awk -v a="${WALL[gs1]}" -v b="${WALL[gsN]}" 'BEGIN { printf "%.2f", a / b }')x --threads 1;" \
+    "gatescope is $(awk -v a="$(mbs gs1)" -v b="$(mbs tcpdump)" 'BEGIN { printf "%.2f", a / b }')x the libpcap floor" \
+    "and $(awk -v a="$(mbs gs1_sub)" -v b="$(mbs tshark)" 'BEGIN { printf "%.0f", a / b }')x tshark"
+
+# The check: complete requests, counted by both.
+tshark_requests=$(tshark -r "$SUB" -d "tcp.port==$PORT,http" -q -z http,tree 2>/dev/null |
+    awk '/HTTP Request Packets/ { print $4; exit }')
+gs_requests=$("$BIN" analyze --threads 1 --format json "$SUB" | grep '"type":"exchange"' |
+    grep -vc '"request_end":null' || true)
+echo "requests on tshark's input: tshark $tshark_requests, gatescope $gs_requests"
+if [ "$tshark_requests" != "$gs_requests" ]; then
+    echo "compare.sh: request counts differ" >&2
+    exit 1
+fi
