@@ -366,11 +366,16 @@ impl PcapFile {
         while let Some(h) = b.get(pos..pos + REC_HDR) {
             let caplen = self.caplen(h);
             if caplen > MAX_CAPLEN {
+                // libpcap's words, so that both readers say the same
+                let snapshot = match self.fmt {
+                    RecFormat::Pcap { snapshot, .. } => snapshot,
+                    RecFormat::Native => MAX_CAPLEN,
+                };
                 return (
                     pos,
                     n,
                     Some(format!(
-                        "invalid packet capture length {caplen}, bigger than maximum of {MAX_CAPLEN}"
+                        "invalid packet capture length {caplen}, bigger than snaplen of {snapshot}"
                     )),
                 );
             }

@@ -1,22 +1,39 @@
 //! Runs the analysis over a packet source, on one thread or sharded over several.
 //!
-//! Frames travel in [`Chunk`]s: buffers of whole capture records. A capture file is read
-//! straight into them (see `capture`); frames from libpcap (live capture, standard input,
-//! pcapng, BPF filters) are copied into them.
+//! Frames travel in [`Chunk`]s: buffers of whole capture records. Classic pcap files (and
+//! standard input carrying one) are read straight into them (see `capture`); frames from
+//! libpcap (live capture, pcapng, BPF filters) are copied into them.
 //!
-//! With one thread, the calling thread walks each chunk and runs the whole chain.
+//! With one thread, the calling thread reads each chunk, walks it and runs the whole chain.
 //!
-//! With N threads, every chunk is handed (shared, not copied) to all N workers. Every worker
-//! walks every frame, so frame numbers and packet time (and with it the timer ticks, which
-//! come from packet time stamps) are identical in all of them; each decodes the frame's TCP
-//! header and fully processes only the connections of its own shard (a symmetric hash of the
-//! 4-tuple, so both directions of a connection land on the same worker). Worker 0 alone counts
-//! the reader statistics. The calling thread reads the next chunk while the workers analyse,
-//! and merges their records: every record carries an [`OrderKey`] (frame, connection,
-//! sequence), each worker reports after each chunk how far it got (its watermark), and records
-//! below every worker's watermark are written in key order. The output is therefore
-//! byte-identical to a single thread's whatever the thread count, and memory stays bounded by
-//! the chunks in flight (a fixed pool).
+//! With N threads (`--threads N`):
+//!
+//! ```text
+//!  reading threads (≤ 4)                 workers (N)                     calling thread
+//!  ─────────────────────                 ───────────                     ──────────────
+//!  read chunk k (pread)  ─ in turn ─►  index chunk k ─┬─► worker 0: its segments ─┐
+//!  read chunk k+R        (the baton)   (frames, ticks,├─► worker 1: its segments ─┼─► merge by
+//!  ...                                  decode once)  └─► ...      (+ JSON lines) ─┘   OrderKey,
+//!                                                                                     write
+//! ```
+//!
+//! * Reading: each reading thread reads its share of the file's chunks with positioned reads,
+//!   in parallel (the kernel's copy out of the page cache is the largest single cost), then
+//!   waits for its turn to walk the chunk's records and index them: count frames, derive ticks
+//!   from packet time, decode each frame once and put its segment on the list of the worker
+//!   that owns its connection (a symmetric hash of the 4-tuple, so both directions of a
+//!   connection land on the same worker). The turn passes on with the state that crosses
+//!   chunk boundaries (a cut record, frame count, tick schedule, reader statistics). Sources
+//!   that cannot be read at offsets (pipes, libpcap) are indexed by the calling thread.
+//! * Analysis: the indexed chunk is lent, not copied, to every worker; a worker runs the flow
+//!   table, reassembly, HTTP and findings for its own connections only, renders its records
+//!   as JSON lines, and reports how far it got (a watermark). The chunk goes back to a fixed
+//!   pool when the last worker is done with it, so reading waits for the workers instead of
+//!   memory growing with the file.
+//! * Output: every record carries an [`OrderKey`] (frame, connection, sequence); the calling
+//!   thread writes, in key order, the records below every worker's watermark. Ticks happen at
+//!   the same frames for every worker and live advances are ordered as positions of their own,
+//!   so the output is byte-identical to a single thread's whatever the thread count.
 //!
 //! Time advances only by packet timestamps (and, in live mode, by the capture's read
 //! timeouts): a tick every second of packet time lets connections expire and slow waits be
@@ -1057,6 +1074,10 @@ fn tick(flow: &mut FlowTable, ts: Ts, frame: u64, out: &mut Vec<(OrderKey, Recor
     flow.tick(ts, &mut ctx);
 }
 
+/// A worker reports after at most this many chunks while more are queued (and always before
+/// it waits for work): fewer reports are fewer wake-ups of the writing thread.
+const REPORT_EVERY: u32 = 8;
+
 fn worker(
     id: usize,
     mut flow: FlowTable,
@@ -1066,7 +1087,38 @@ fn worker(
 ) {
     let mut out: Vec<(OrderKey, Record)> = Vec::new();
     let mut buf = Vec::new();
-    while let Ok(work) = rx.recv() {
+    // Chunks done since the last report, and how far they went.
+    let mut unreported = 0u32;
+    let mut upto: Pos = (0, 0);
+    let mut report = |out: &mut Vec<(OrderKey, Record)>, adv: u32, upto: Pos| {
+        let records = render(out, &renderer, &mut buf);
+        tx.send(Report::Records {
+            worker: id,
+            adv,
+            records,
+            upto,
+        })
+        .is_ok()
+    };
+    loop {
+        let work = match rx.try_recv() {
+            Ok(w) => w,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                // Nothing queued: say how far this worker got before waiting (in live mode,
+                // this is what lets records out promptly).
+                if unreported > 0 {
+                    unreported = 0;
+                    if !report(&mut out, 0, upto) {
+                        return;
+                    }
+                }
+                match rx.recv() {
+                    Ok(w) => w,
+                    Err(_) => return,
+                }
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+        };
         match work {
             Work::Frames(lease) => {
                 let Some(Shared { chunk, index }) = lease.shared.as_ref() else {
@@ -1106,37 +1158,41 @@ fn worker(
                 for &(frame, ts) in ticks {
                     tick(&mut flow, ts, frame, &mut out);
                 }
-                let report = Report::Records {
-                    worker: id,
-                    adv: 0,
-                    records: render(&mut out, &renderer, &mut buf),
-                    upto: (index.last_frame, 0),
-                };
+                upto = (index.last_frame, 0);
                 drop(lease);
-                if tx.send(report).is_err() {
-                    return;
+                unreported += 1;
+                if unreported >= REPORT_EVERY {
+                    unreported = 0;
+                    if !report(&mut out, 0, upto) {
+                        return;
+                    }
                 }
             }
             Work::Advance {
                 now,
                 tick,
                 frame,
-                upto,
+                upto: at,
             } => {
+                // The frames' records first: they come before the advance's.
+                if unreported > 0 {
+                    unreported = 0;
+                    if !report(&mut out, 0, upto) {
+                        return;
+                    }
+                }
                 if tick {
                     self::tick(&mut flow, now, frame, &mut out);
                 }
-                let report = Report::Records {
-                    worker: id,
-                    adv: upto.1,
-                    records: render(&mut out, &renderer, &mut buf),
-                    upto,
-                };
-                if tx.send(report).is_err() {
+                upto = at;
+                if !report(&mut out, at.1, at) {
                     return;
                 }
             }
             Work::End { last_ts, frame } => {
+                if unreported > 0 && !report(&mut out, 0, upto) {
+                    return;
+                }
                 let mut ctx = Ctx {
                     ts: last_ts,
                     frame,
@@ -1144,9 +1200,10 @@ fn worker(
                     out: &mut out,
                 };
                 flow.drain(&mut ctx);
+                let records = render(&mut out, &renderer, &mut buf);
                 let _ = tx.send(Report::Done {
                     worker: id,
-                    records: render(&mut out, &renderer, &mut buf),
+                    records,
                     flow: Box::new(flow.stats.clone()),
                 });
                 return;

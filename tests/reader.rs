@@ -307,3 +307,58 @@ fn a_cut_record_is_reported_alike_by_both_readers() {
         }
     }
 }
+
+#[test]
+fn a_damaged_record_stops_every_reader_at_the_same_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = bulk(dir.path());
+    let pristine = std::fs::read(&p).expect("read");
+    let pcap = parse(&pristine).expect("classic pcap");
+    // Record offsets, to damage the captured length of a record here and there (in the first
+    // chunk, near chunk boundaries, near the end).
+    let mut offsets = Vec::new();
+    let mut pos = 24;
+    for (hdr, _) in &pcap.records {
+        offsets.push(pos);
+        pos += 16 + hdr[2] as usize;
+    }
+    let n = offsets.len();
+    let mb = |m: usize| offsets.iter().position(|&o| o >= m << 20).unwrap_or(n - 1);
+    for at in [3, mb(1), mb(1) + 1, mb(3), n - 2] {
+        let mut bytes = pristine.clone();
+        let o = offsets[at] + 8;
+        bytes[o..o + 4].copy_from_slice(&0x0100_0000u32.to_le_bytes());
+        let f = write(dir.path(), "damaged.pcap", &bytes);
+        let stdin = run_stdin(&bytes, &["--format", "json", "--threads", "1"]);
+        for t in ["1", "2", "3"] {
+            let file = run_file(
+                std::slice::from_ref(&f),
+                &["--format", "json", "--threads", t],
+            );
+            assert_eq!(file.0, Some(2), "{}", file.2);
+            let why = |e: &str| {
+                e.lines()
+                    .find(|l| l.contains("stopped after record"))
+                    .and_then(|l| l.split("stopped after").nth(1))
+                    .map(str::to_string)
+            };
+            assert_eq!(why(&file.2), why(&stdin.2), "record {at}, --threads {t}");
+            assert!(
+                why(&file.2).is_some_and(|w| w.contains(&format!("record {at}:"))),
+                "{}",
+                file.2
+            );
+            let body = |o: &[u8]| {
+                String::from_utf8_lossy(o)
+                    .lines()
+                    .filter(|l| !l.contains("\"type\":\"summary\""))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            };
+            assert!(
+                body(&file.1) == body(&stdin.1),
+                "record {at}, --threads {t}"
+            );
+        }
+    }
+}
