@@ -257,7 +257,7 @@ impl Engine {
 
     fn maybe_tick(&mut self, ts: Ts, key_frame: u64) {
         match self.next_tick {
-            None => self.next_tick = Some(Ts(ts.0 + TICK_US)),
+            None => self.next_tick = Some(Ts(ts.0.saturating_add(TICK_US))),
             Some(t) if ts >= t => {
                 let mut ctx = Ctx {
                     ts,
@@ -266,7 +266,7 @@ impl Engine {
                     out: &mut self.out,
                 };
                 self.flow.tick(ts, &mut ctx);
-                self.next_tick = Some(Ts(ts.0 + TICK_US));
+                self.next_tick = Some(Ts(ts.0.saturating_add(TICK_US)));
             }
             Some(_) => {}
         }
@@ -580,10 +580,10 @@ impl Indexer {
         ix.frames += 1;
         ix.last_frame = self.frame;
         match self.next_tick {
-            None => self.next_tick = Some(Ts(ts.0 + TICK_US)),
+            None => self.next_tick = Some(Ts(ts.0.saturating_add(TICK_US))),
             Some(t) if ts >= t => {
                 ix.ticks.push((self.frame, ts));
-                self.next_tick = Some(Ts(ts.0 + TICK_US));
+                self.next_tick = Some(Ts(ts.0.saturating_add(TICK_US)));
             }
             Some(_) => {}
         }
@@ -833,11 +833,11 @@ impl Sharded {
             ix.last_ts = now;
             let tick = match ix.next_tick {
                 None => {
-                    ix.next_tick = Some(Ts(now.0 + TICK_US));
+                    ix.next_tick = Some(Ts(now.0.saturating_add(TICK_US)));
                     false
                 }
                 Some(t) if now >= t => {
-                    ix.next_tick = Some(Ts(now.0 + TICK_US));
+                    ix.next_tick = Some(Ts(now.0.saturating_add(TICK_US)));
                     true
                 }
                 Some(_) => false,

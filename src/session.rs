@@ -801,12 +801,17 @@ impl Session {
                 if !self.resp.gap(len) {
                     // The response (or its start) is lost: what happened to it is unknown.
                     // It is a capture gap, never a truncation or a missing response.
+                    // The next response found after resync answers the *next* request, so
+                    // this exchange is over: written now with its outcome, keeping the pairing
+                    // of the rest of the connection in step.
                     if let Some(i) = self.answering() {
                         let e = &mut self.pending[i];
                         if in_message || e.req_start.is_some() {
                             e.outcome = Some(Outcome::CaptureGap);
                             e.explained = true;
                             e.resp_started = true;
+                            self.emit_at(i, ctx);
+                            self.retire();
                         }
                     }
                     self.interim = false;

@@ -57,3 +57,34 @@ fn a_proxy_fin_acknowledging_a_response_the_capture_missed_is_not_abandonment() 
     assert_eq!(finding_set(&recs), vec![("capture_gap".to_string(), 0)]);
     assert_eq!(code, 0);
 }
+
+#[test]
+fn a_response_lost_between_messages_does_not_shift_the_pairing() {
+    let mut c = Conversation::new(
+        "10.0.0.1:40002".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.handshake().client_send(REQ).server_send(RESP);
+    // The second response is missing from the capture (the proxy ACKs it); two more follow.
+    c.advance(1000)
+        .client_send(REQ)
+        .skip(false, RESP.len() as u64)
+        .ack(true);
+    for _ in 0..2 {
+        c.advance(1000).client_send(REQ).server_send(RESP);
+    }
+    c.advance(1000).client_fin().server_fin();
+    let (_d, path) = write(c);
+    let (code, recs, _) = analyze_json(&[&path], &[]);
+    assert_eq!(finding_set(&recs), vec![("capture_gap".to_string(), 0)]);
+    assert_eq!(code, 0);
+    let outcomes: Vec<&str> = of_type(&recs, "exchange")
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["complete", "capture_gap", "complete", "complete"]
+    );
+}
