@@ -129,7 +129,7 @@ for r in tcpdump gs1 gsN gs1_sub tshark; do
         tshark) label="tshark -z http,tree (full HTTP dissection)" ;;
     esac
     base=gs1
-    [ "$r" = tshark ] && base=gs1_sub
+    [ "$r" = tshark ] || [ "$r" = gs1_sub ] && base=gs1_sub
     ratio=$(awk -v a="$(mbs "$r")" -v b="$(mbs $base)" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }')
     printf "%-44s %9.0f %9.3f %9s %12.1f %10s\n" "$label" \
         "$(awk -v b="${BYTES[$r]}" 'BEGIN { print b / 1e6 }')" "${WALL[$r]}" "$(mbs "$r")" \

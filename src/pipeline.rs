@@ -381,6 +381,8 @@ struct Index {
     /// Frames in the chunk, and the number of the last.
     frames: u32,
     last_frame: u64,
+    /// Records should reach the output without waiting for more chunks (live capture).
+    prompt: bool,
 }
 
 impl Index {
@@ -390,6 +392,7 @@ impl Index {
         }
         self.ticks.clear();
         self.frames = 0;
+        self.prompt = false;
     }
 }
 
@@ -806,6 +809,7 @@ impl Sharded {
         };
         // Decoded from the chunk's copy, so that the payload is found in the chunk.
         let Shared { chunk, index } = &mut s;
+        index.prompt = true;
         if let Some((ts, data, len, _)) = chunk.record_at(off as usize) {
             self.indexer
                 .frame(index, chunk.bytes(), link, ts, data, len);
@@ -1089,6 +1093,8 @@ fn worker(
     let mut buf = Vec::new();
     // Chunks done since the last report, and how far they went.
     let mut unreported = 0u32;
+    // The last chunk came from a live source: report as soon as the queue is empty.
+    let mut prompt = false;
     let mut upto: Pos = (0, 0);
     let mut report = |out: &mut Vec<(OrderKey, Record)>, adv: u32, upto: Pos| {
         let records = render(out, &renderer, &mut buf);
@@ -1104,9 +1110,10 @@ fn worker(
         let work = match rx.try_recv() {
             Ok(w) => w,
             Err(std::sync::mpsc::TryRecvError::Empty) => {
-                // Nothing queued: say how far this worker got before waiting (in live mode,
-                // this is what lets records out promptly).
-                if unreported > 0 {
+                // Nothing queued: in live mode, say how far this worker got before waiting,
+                // so that records go out promptly. (Reading a file, reports every few chunks
+                // are enough, and each wakes the writing thread.)
+                if unreported > 0 && prompt {
                     unreported = 0;
                     if !report(&mut out, 0, upto) {
                         return;
@@ -1159,6 +1166,7 @@ fn worker(
                     tick(&mut flow, ts, frame, &mut out);
                 }
                 upto = (index.last_frame, 0);
+                prompt = index.prompt;
                 drop(lease);
                 unreported += 1;
                 if unreported >= REPORT_EVERY {
