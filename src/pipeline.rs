@@ -518,7 +518,8 @@ type Pos = (u64, u32);
 
 /// A record, and its output bytes if the output renders records ahead (see
 /// [`Output::renderer`]).
-type Rendered = (OrderKey, Record, Option<Box<[u8]>>);
+/// Boxed: a record is a few hundred bytes, and the merger moves each one three times.
+type Rendered = (OrderKey, Box<Record>, Option<Box<[u8]>>);
 
 /// Renders a batch of records with `render`, if any.
 fn render(
@@ -534,7 +535,7 @@ fn render(
                 f(&r, buf);
                 buf.as_slice().into()
             });
-            (k, r, bytes)
+            (k, Box::new(r), bytes)
         })
         .collect()
 }
