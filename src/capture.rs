@@ -123,11 +123,6 @@ impl Chunk {
         (base + CARRY_ROOM).next_multiple_of(PAGE) - base
     }
 
-    /// Keeps only the first `n` bytes of the records.
-    pub(crate) fn truncate(&mut self, n: usize) {
-        self.len = self.start + n.min(self.len - self.start);
-    }
-
     fn capacity(&self) -> usize {
         self.buf.len()
     }
@@ -175,49 +170,62 @@ impl Chunk {
     /// the offset of the next record. `None` past the last record.
     #[inline]
     pub fn record_at(&self, off: usize) -> Option<(Ts, &[u8], u32, usize)> {
-        let b = self.bytes();
-        let h = b.get(off..off + REC_HDR)?;
-        let start = off + REC_HDR;
-        match self.fmt {
-            RecFormat::Pcap {
-                big_endian,
-                nanos,
-                snapshot,
-            } => {
-                let rd = |i: usize| {
-                    let w = [h[i], h[i + 1], h[i + 2], h[i + 3]];
-                    if big_endian {
-                        u32::from_be_bytes(w)
-                    } else {
-                        u32::from_le_bytes(w)
-                    }
-                };
-                let (sec, frac, caplen, len) = (rd(0), rd(4), rd(8), rd(12));
-                let end = start + caplen as usize;
-                let data = b.get(start..end)?;
-                let usec = if nanos { frac / 1000 } else { frac };
-                let ts = Ts::from_timeval(i64::from(sec), i64::from(usec));
-                Some((ts, &data[..caplen.min(snapshot) as usize], len, end))
-            }
-            RecFormat::Native => {
-                let ts = i64::from_ne_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
-                let caplen = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
-                let len = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
-                let end = start + caplen as usize;
-                Some((Ts(ts), b.get(start..end)?, len, end))
-            }
-        }
+        record_in(self.fmt, self.bytes(), off)
     }
 
     /// Calls `f(offset, ts, captured bytes, length on the wire)` for every record, in order.
     #[inline]
-    pub fn for_each(&self, mut f: impl FnMut(u32, Ts, &[u8], u32)) {
-        let mut off = 0usize;
-        while let Some((ts, data, len, next)) = self.record_at(off) {
-            // Offsets fit: chunks are far smaller than 4 GiB.
-            f(off as u32, ts, data, len);
-            off = next;
+    pub fn for_each(&self, f: impl FnMut(u32, Ts, &[u8], u32)) {
+        for_each_record(self.fmt, self.bytes(), f);
+    }
+}
+
+/// The record at byte offset `off` of `b`, records laid out as `fmt` says: time stamp,
+/// captured bytes, length on the wire, and the offset of the next record. `None` past the
+/// last whole record.
+#[inline]
+pub(crate) fn record_in(fmt: RecFormat, b: &[u8], off: usize) -> Option<(Ts, &[u8], u32, usize)> {
+    let h = b.get(off..off + REC_HDR)?;
+    let start = off + REC_HDR;
+    match fmt {
+        RecFormat::Pcap {
+            big_endian,
+            nanos,
+            snapshot,
+        } => {
+            let rd = |i: usize| {
+                let w = [h[i], h[i + 1], h[i + 2], h[i + 3]];
+                if big_endian {
+                    u32::from_be_bytes(w)
+                } else {
+                    u32::from_le_bytes(w)
+                }
+            };
+            let (sec, frac, caplen, len) = (rd(0), rd(4), rd(8), rd(12));
+            let end = start + caplen as usize;
+            let data = b.get(start..end)?;
+            let usec = if nanos { frac / 1000 } else { frac };
+            let ts = Ts::from_timeval(i64::from(sec), i64::from(usec));
+            Some((ts, &data[..caplen.min(snapshot) as usize], len, end))
         }
+        RecFormat::Native => {
+            let ts = i64::from_ne_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
+            let caplen = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
+            let len = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
+            let end = start + caplen as usize;
+            Some((Ts(ts), b.get(start..end)?, len, end))
+        }
+    }
+}
+
+/// Calls `f(offset, ts, captured bytes, length on the wire)` for every whole record of `b`.
+#[inline]
+fn for_each_record(fmt: RecFormat, b: &[u8], mut f: impl FnMut(u32, Ts, &[u8], u32)) {
+    let mut off = 0usize;
+    while let Some((ts, data, len, next)) = record_in(fmt, b, off) {
+        // Offsets fit: chunks and mapped windows are far smaller than 4 GiB.
+        f(off as u32, ts, data, len);
+        off = next;
     }
 }
 
@@ -245,6 +253,135 @@ fn prefetch(b: &[u8]) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = b;
 }
+
+/// A classic pcap file mapped into memory, so that several workers can walk all of its
+/// records at once (see `pipeline`) without each copying it out of the page cache.
+///
+/// Pages behind the slowest reader are given back ([`Mapped::release`]), so that resident
+/// memory stays small whatever the file size. Like every tool that maps its input (ripgrep,
+/// databases), reading a file that another process truncates at the same time ends the
+/// process with SIGBUS; `--threads 1` reads with `read(2)` instead.
+pub(crate) struct Mapped {
+    ptr: *const u8,
+    len: usize,
+    /// Where the records begin (after the file header).
+    pub data_start: usize,
+    pub file: PcapFile,
+}
+
+// SAFETY: the mapping is read-only and lives until `Drop`; sharing `&[u8]` views of it
+// between threads is what `&[u8]` allows anyway.
+unsafe impl Send for Mapped {}
+// SAFETY: as above.
+unsafe impl Sync for Mapped {}
+
+impl Mapped {
+    /// The whole file, header included.
+    #[inline]
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    pub(crate) fn link(&self) -> i32 {
+        self.file.link
+    }
+
+    /// Drops the process's mapping of the pages before byte `upto` (they stay in the page
+    /// cache; reading them again maps them again): no reader goes back, and without this the
+    /// resident size would grow with the file.
+    pub(crate) fn release(&self, from: usize, upto: usize) {
+        let page = PAGE;
+        let from = from.next_multiple_of(page);
+        let upto = (upto.min(self.len) / page) * page;
+        if upto <= from {
+            return;
+        }
+        // SAFETY: a page-aligned range inside the mapping. MADV_DONTNEED on a shared,
+        // read-only file mapping only drops page-table entries: the contents read later are
+        // the file's, unchanged.
+        unsafe {
+            libc::madvise(
+                self.ptr.add(from).cast_mut().cast(),
+                upto - from,
+                libc::MADV_DONTNEED,
+            );
+        }
+    }
+
+    /// Maps the pages of `[from, upto)` in one call (`MADV_POPULATE_READ`) rather than by
+    /// one page fault each as the walk reaches them. A hint: an older kernel ignores it.
+    pub(crate) fn populate(&self, from: usize, upto: usize) {
+        let from = (from / PAGE) * PAGE;
+        let upto = upto.min(self.len);
+        if upto <= from {
+            return;
+        }
+        // SAFETY: a page-aligned start inside the mapping, a length that ends inside it; the
+        // call only maps pages of the file (read-only), or fails.
+        unsafe {
+            libc::madvise(
+                self.ptr.add(from).cast_mut().cast(),
+                upto - from,
+                libc::MADV_POPULATE_READ,
+            );
+        }
+    }
+
+    /// Walks every record of the file in order, window by window: `frame(st, ts, captured
+    /// bytes, length on the wire)` for each record, `between(st, offset)` after each window
+    /// of about [`MAPPED_WINDOW`] bytes (false: stop). Returns the whole records walked, and
+    /// the problem that stopped the walk (a cut or damaged record), if any.
+    pub(crate) fn walk<S>(
+        &self,
+        st: &mut S,
+        mut frame: impl FnMut(&mut S, Ts, &[u8], u32),
+        mut between: impl FnMut(&mut S, usize) -> bool,
+    ) -> (u64, Option<String>) {
+        let b = self.bytes();
+        let mut off = self.data_start;
+        let mut records = 0u64;
+        loop {
+            let rest = b.get(off..).unwrap_or_default();
+            if rest.is_empty() {
+                return (records, None);
+            }
+            let w = rest.get(..MAPPED_WINDOW).unwrap_or(rest);
+            let mut f = |ts: Ts, data: &[u8], len: u32| frame(st, ts, data, len);
+            let (mut pos, mut n, mut damaged) = self.file.walk_records(w, &mut f);
+            if pos == 0 && damaged.is_none() && w.len() < rest.len() {
+                // A record larger than the window: it fits in the largest record's size.
+                let w = rest.get(..CARRY_ROOM).unwrap_or(rest);
+                (pos, n, damaged) = self.file.walk_records(w, &mut f);
+            }
+            records += n;
+            off += pos;
+            if damaged.is_some() {
+                return (records, damaged);
+            }
+            if pos == 0 {
+                // Not one whole record left: the file ends inside one.
+                return (records, Some(self.file.cut_record(rest)));
+            }
+            if !between(st, off) {
+                return (records, None);
+            }
+        }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `PcapFile::map`, unmapped once.
+        unsafe {
+            libc::munmap(self.ptr.cast_mut().cast(), self.len);
+        }
+    }
+}
+
+/// Bytes of a mapped file walked between two looks at the world (other workers, output,
+/// pages to give back).
+pub(crate) const MAPPED_WINDOW: usize = 256 << 10;
 
 /// A classic pcap file read in chunks.
 pub(crate) struct PcapFile {
@@ -350,9 +487,44 @@ impl PcapFile {
         })
     }
 
-    /// Whether chunks can be read at their offsets, in parallel ([`PcapFile::read_chunk`]).
-    pub(crate) fn positioned(&self) -> bool {
-        self.data_start.is_some()
+    /// Maps the file into memory for [`Mapped`] reading; the reader back if it is not a
+    /// regular file with records, or cannot be mapped (then it is read in chunks).
+    pub(crate) fn map(self) -> Result<Mapped, PcapFile> {
+        let Some(data_start) = self.data_start else {
+            return Err(self);
+        };
+        let len = match self.file.metadata() {
+            Ok(m) => m.len(),
+            Err(_) => return Err(self),
+        };
+        let (Ok(len), Ok(data_start)) = (usize::try_from(len), usize::try_from(data_start)) else {
+            return Err(self);
+        };
+        if len <= data_start {
+            return Err(self);
+        }
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh read-only mapping of `len` bytes of an open file; the kernel picks
+        // the address. Failure is checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                self.file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED || ptr.is_null() {
+            return Err(self);
+        }
+        Ok(Mapped {
+            ptr: ptr.cast::<u8>().cast_const(),
+            len,
+            data_start,
+            file: self,
+        })
     }
 
     fn caplen(&self, h: &[u8]) -> u32 {
@@ -376,6 +548,17 @@ impl PcapFile {
     /// Whole records at the start of `b`: their length, their number, and the problem if a
     /// record header is damaged (the records before it are whole).
     pub(crate) fn whole_records(&self, b: &[u8]) -> (usize, u64, Option<String>) {
+        self.walk_records(b, |_, _, _| {})
+    }
+
+    /// [`PcapFile::whole_records`], calling `f(ts, captured bytes, length on the wire)` for
+    /// each whole record on the way (one pass over the headers instead of two).
+    #[inline]
+    pub(crate) fn walk_records(
+        &self,
+        b: &[u8],
+        mut f: impl FnMut(Ts, &[u8], u32),
+    ) -> (usize, u64, Option<String>) {
         let mut pos = 0usize;
         let mut n = 0u64;
         let mut ahead = 0usize;
@@ -406,6 +589,9 @@ impl PcapFile {
             if end > b.len() {
                 break;
             }
+            if let Some((ts, data, len, _)) = record_in(self.fmt, b, pos) {
+                f(ts, data, len);
+            }
             pos = end;
             n += 1;
         }
@@ -424,44 +610,6 @@ impl PcapFile {
                 n - REC_HDR
             ),
         }
-    }
-
-    /// Reads the `k`-th [`CHUNK_BYTES`] of records (counted from the end of the file header)
-    /// into `chunk` (made with [`Chunk::for_reading`]), after `carry`, the start of a record
-    /// cut by the end of chunk `k - 1`. Returns the bytes read: fewer than [`CHUNK_BYTES`] at
-    /// the end of the file. Safe to call from several threads at once (positioned reads).
-    pub(crate) fn read_chunk(&self, k: u64, chunk: &mut Chunk) -> std::io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        if chunk.capacity() < READ_CAPACITY {
-            *chunk = Chunk::for_reading();
-        }
-        chunk.reset(self.link, self.fmt);
-        let start = chunk.read_offset();
-        let region = &mut chunk.buf[start..start + CHUNK_BYTES];
-        let Some(data_start) = self.data_start else {
-            return Err(std::io::Error::other("not a regular file"));
-        };
-        let at = data_start + k * CHUNK_BYTES as u64;
-        let mut got = 0;
-        while got < region.len() {
-            match self.file.read_at(&mut region[got..], at + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        chunk.start = start;
-        chunk.len = start + got;
-        Ok(got)
-    }
-
-    /// Puts `carry` (at most [`CARRY_ROOM`] bytes) in front of the bytes
-    /// [`PcapFile::read_chunk`] read into `chunk`.
-    pub(crate) fn prepend(chunk: &mut Chunk, carry: &[u8]) {
-        let n = carry.len().min(chunk.start);
-        chunk.start -= n;
-        chunk.buf[chunk.start..chunk.start + n].copy_from_slice(&carry[..n]);
     }
 
     /// Fills `chunk` with the next whole records by reading.
@@ -594,11 +742,16 @@ fn stopped(shown: &str, records: u64, e: &str) -> String {
 }
 
 fn read_native(mut f: PcapFile, shown: &str, analyzer: &mut Analyzer) -> Result<u64, String> {
-    if let (Analyzer::Sharded(s), true) = (&mut *analyzer, f.positioned()) {
-        return match s.read_pcap(f) {
-            (records, None) => Ok(records),
-            (records, Some(e)) => Err(stopped(shown, records, &e)),
-        };
+    // A regular file is mapped: no copy out of the page cache, and with several workers
+    // every one walks it (see `pipeline`).
+    match f.map() {
+        Ok(m) => {
+            return match analyzer.read_mapped(m) {
+                (records, None) => Ok(records),
+                (records, Some(e)) => Err(stopped(shown, records, &e)),
+            }
+        }
+        Err(back) => f = back,
     }
     loop {
         if analyzer.output_failed() {

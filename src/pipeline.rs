@@ -39,7 +39,7 @@
 //! timeouts): a tick every second of packet time lets connections expire and slow waits be
 //! reported.
 
-use crate::capture::{Chunk, PcapFile, RecFormat, CHUNK_BYTES};
+use crate::capture::{Chunk, Mapped, RecFormat, MAPPED_WINDOW};
 use crate::decode::{self, Decoded, Flags, Segment};
 use crate::flow::{Backend, FlowStats, FlowTable};
 use crate::limits::Limits;
@@ -50,7 +50,8 @@ use crate::time::Ts;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -168,6 +169,15 @@ impl Analyzer {
         match self {
             Analyzer::Single(s) => s.chunk(c),
             Analyzer::Sharded(s) => s.chunk(c),
+        }
+    }
+
+    /// A classic pcap file mapped into memory: all of its records. Returns the records read
+    /// and the problem that stopped the reading, if any.
+    pub(crate) fn read_mapped(&mut self, map: Mapped) -> (u64, Option<String>) {
+        match self {
+            Analyzer::Single(s) => s.read_mapped(map),
+            Analyzer::Sharded(s) => s.read_mapped(map),
         }
     }
 
@@ -352,6 +362,26 @@ impl Single {
         self.spare = Some(c);
     }
 
+    /// Reads a mapped classic pcap file. Returns the records read and the problem that
+    /// stopped the reading, if any.
+    fn read_mapped(&mut self, map: Mapped) -> (u64, Option<String>) {
+        let link = map.link();
+        let mut released = 0usize;
+        map.populate(0, RELEASE_STEP);
+        map.walk(
+            self,
+            |s, ts, data, len| s.packet(link, ts, data, len),
+            |s, off| {
+                if off >= released + RELEASE_STEP {
+                    map.populate(off + RELEASE_STEP / 2, off + RELEASE_STEP * 3 / 2);
+                    map.release(released, off);
+                    released = off;
+                }
+                s.collector.error.is_none()
+            },
+        )
+    }
+
     fn advance(&mut self, now: Ts) {
         if self.engine.advance(now) {
             self.flush();
@@ -423,7 +453,6 @@ struct Shared {
 /// of memory growing with the file.
 struct Pool {
     state: Mutex<PoolState>,
-    returned: Condvar,
 }
 
 struct PoolState {
@@ -442,27 +471,33 @@ impl Pool {
                 limit,
                 workers,
             }),
-            returned: Condvar::new(),
         }
     }
 
-    /// A free chunk; waits while all are in flight.
-    fn take(&self) -> Shared {
+    /// A free chunk, or `None` while all are in flight.
+    fn try_take(&self) -> Option<Shared> {
         let mut st = lock(&self.state);
-        loop {
-            if let Some(s) = st.free.pop() {
-                return s;
-            }
-            if st.allocated < st.limit {
-                st.allocated += 1;
-                let mut index = Index::default();
-                index.segs.resize_with(st.workers, Vec::new);
-                return Shared {
-                    chunk: Chunk::for_reading(),
-                    index,
-                };
-            }
-            st = self.returned.wait(st).unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = st.free.pop() {
+            return Some(s);
+        }
+        if st.allocated < st.limit {
+            st.allocated += 1;
+            return Some(Pool::make(st.workers));
+        }
+        None
+    }
+
+    /// A chunk outside the limit (when none can come back).
+    fn fresh(&self) -> Shared {
+        Pool::make(lock(&self.state).workers)
+    }
+
+    fn make(workers: usize) -> Shared {
+        let mut index = Index::default();
+        index.segs.resize_with(workers, Vec::new);
+        Shared {
+            chunk: Chunk::for_reading(),
+            index,
         }
     }
 
@@ -471,7 +506,6 @@ impl Pool {
         let (link, fmt) = (s.chunk.link, s.chunk.fmt);
         s.chunk.reset(link, fmt);
         lock(&self.state).free.push(s);
-        self.returned.notify_one();
     }
 }
 
@@ -505,6 +539,9 @@ enum Work {
         frame: u64,
         upto: Pos,
     },
+    /// Walk the whole of a mapped file (every worker does), analysing this worker's
+    /// connections.
+    Scan(Arc<Scan>),
     /// End of input, at this packet time and frame.
     End {
         last_ts: Ts,
@@ -556,13 +593,23 @@ enum Report {
         records: Vec<Rendered>,
         flow: Box<FlowStats>,
     },
-    /// A reading thread is finished with the file.
-    ReaderDone,
+    /// A worker has walked the whole mapped file (or stopped): its frame count and
+    /// reader statistics, the records in the file and the problem that ended it (`Err`: the
+    /// worker failed).
+    Scanned {
+        worker: usize,
+        end: Result<ScanEnd, String>,
+    },
 }
 
+/// How a worker's walk of a mapped file ended: the frame count and reader statistics after
+/// it, the whole records read, and the problem that stopped it (a cut or damaged record).
+type ScanEnd = (Box<Indexer>, u64, Option<String>);
+
 /// Frame counting, packet time and ticks, and the decoding that decides which worker gets a
-/// segment: done once per frame, in frame order, by whichever thread holds it.
-#[derive(Default)]
+/// segment: done once per frame, in frame order, by whichever thread holds it (or, for a
+/// mapped file, by every worker, which all count alike).
+#[derive(Default, Clone)]
 struct Indexer {
     frame: u64,
     last_ts: Ts,
@@ -578,23 +625,15 @@ impl Indexer {
     /// its segment on the list of the worker that analyses its connection.
     #[inline]
     fn frame(&mut self, ix: &mut Index, base: &[u8], link: i32, ts: Ts, data: &[u8], len: u32) {
-        self.frame += 1;
-        self.adv = 0;
-        self.last_ts = self.last_ts.max(ts);
+        if self.count(ts) {
+            ix.ticks.push((self.frame, ts));
+        }
         ix.frames += 1;
         ix.last_frame = self.frame;
-        match self.next_tick {
-            None => self.next_tick = Some(Ts(ts.0.saturating_add(TICK_US))),
-            Some(t) if ts >= t => {
-                ix.ticks.push((self.frame, ts));
-                self.next_tick = Some(Ts(ts.0.saturating_add(TICK_US)));
-            }
-            Some(_) => {}
-        }
         let Some(seg) = classify(&mut self.read, link, data, len) else {
             return;
         };
-        let w = (shard_hash(&seg.src, &seg.dst) % self.workers.max(1)) as usize;
+        let w = self.shard(&seg) as usize;
         // The payload is a part of the chunk (`data` is).
         let at = (seg.payload.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
         let (Ok(at), Ok(plen)) = (u32::try_from(at), u32::try_from(seg.payload.len())) else {
@@ -615,6 +654,31 @@ impl Indexer {
                 flags: seg.flags.0,
             });
         }
+    }
+
+    /// Counts a frame at packet time `ts`; true if a tick is due before it is analysed.
+    #[inline]
+    fn count(&mut self, ts: Ts) -> bool {
+        self.frame += 1;
+        self.adv = 0;
+        self.last_ts = self.last_ts.max(ts);
+        match self.next_tick {
+            None => {
+                self.next_tick = Some(Ts(ts.0.saturating_add(TICK_US)));
+                false
+            }
+            Some(t) if ts >= t => {
+                self.next_tick = Some(Ts(ts.0.saturating_add(TICK_US)));
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// The worker that analyses the connection of `seg`.
+    #[inline]
+    fn shard(&self, seg: &Segment) -> u64 {
+        shard_hash(&seg.src, &seg.dst) % self.workers.max(1)
     }
 
     /// All the records of `s`'s chunk.
@@ -676,8 +740,8 @@ fn dispatch(workers: &[Sender<Work>], pool: &Arc<Pool>, s: Shared) -> bool {
 /// busy while the next are read, few enough to bound memory.
 const CHUNKS_PER_WORKER: usize = 2;
 
-/// At most this many threads read a file at once.
-const MAX_READERS: usize = 4;
+/// Reports queued per worker before it waits for the writing thread.
+const REPORTS_QUEUED: usize = 4;
 
 /// Connections sharded over worker threads. Capture files are read by several threads at
 /// once (each reads its chunks, then, in turn, walks and indexes them); other sources are
@@ -686,10 +750,7 @@ pub struct Sharded {
     workers: Vec<Sender<Work>>,
     handles: Vec<JoinHandle<()>>,
     reports: Receiver<Report>,
-    /// For the reading threads; dropped at the end so that the channel closes.
-    report_tx: Option<Sender<Report>>,
     pool: Arc<Pool>,
-    readers: usize,
     /// Frames from [`Analyzer::packet`] not yet handed over.
     filling: Option<Shared>,
     indexer: Indexer,
@@ -701,7 +762,9 @@ pub struct Sharded {
 impl Sharded {
     fn new(cfg: &Config, collector: Collector) -> Sharded {
         let n = cfg.threads.max(2);
-        let (report_tx, reports) = channel::<Report>();
+        // Bounded: workers wait for the writing thread rather than queue records without end
+        // (a SYN flood makes a record per packet).
+        let (report_tx, reports) = sync_channel::<Report>(REPORTS_QUEUED * n);
         let mut workers = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         let renderer = collector.out.renderer();
@@ -715,14 +778,11 @@ impl Sharded {
             }));
             workers.push(tx);
         }
-        let readers = n.min(MAX_READERS);
         Sharded {
             workers,
             handles,
             reports,
-            report_tx: Some(report_tx),
-            pool: Arc::new(Pool::new(n * CHUNKS_PER_WORKER + readers + 1, n)),
-            readers,
+            pool: Arc::new(Pool::new(n * CHUNKS_PER_WORKER + 1, n)),
             filling: None,
             indexer: Indexer {
                 workers: n as u64,
@@ -751,7 +811,8 @@ impl Sharded {
                 self.merger
                     .records(worker, 0, records, (u64::MAX, u32::MAX));
             }
-            Report::ReaderDone => {}
+            // Only [`Sharded::read_mapped`] waits for these.
+            Report::Scanned { .. } => {}
         }
     }
 
@@ -774,10 +835,25 @@ impl Sharded {
         }
     }
 
-    /// A chunk from the pool, writing output while waiting for one.
+    /// A chunk from the pool, writing output while waiting for one (the workers that
+    /// hold the chunks may be waiting for this thread to take their reports).
     fn take(&mut self) -> Shared {
         self.poll();
-        let mut s = self.pool.take();
+        let mut s = loop {
+            if let Some(s) = self.pool.try_take() {
+                break s;
+            }
+            match self.reports.recv_timeout(std::time::Duration::from_millis(1)) {
+                Ok(r) => {
+                    self.handle(r);
+                    self.merger.release();
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                // No worker left to give chunks back or report: cannot happen while this
+                // thread holds their channels.
+                Err(RecvTimeoutError::Disconnected) => break self.pool.fresh(),
+            }
+        };
         s.chunk.reset(s.chunk.link, RecFormat::Native);
         s
     }
@@ -818,7 +894,7 @@ impl Sharded {
         self.filling = Some(s);
     }
 
-    /// A chunk read elsewhere (not by [`Sharded::read_pcap`]).
+    /// A chunk read elsewhere (not by [`Sharded::read_mapped`]).
     fn chunk(&mut self, c: Chunk) {
         self.flush_filling();
         let mut s = self.take();
@@ -861,55 +937,60 @@ impl Sharded {
         self.poll();
     }
 
-    /// Reads a classic pcap file with several threads: each reads its share of the chunks
-    /// (the copy out of the page cache was most of the reading), then, when its turn comes,
-    /// walks and indexes its chunk (cheap, and in its own cache) and hands it to the workers.
-    /// Returns the records read and the problem that stopped the reading, if any.
-    pub(crate) fn read_pcap(&mut self, file: PcapFile) -> (u64, Option<String>) {
+    /// Reads a mapped classic pcap file: every worker walks all of it (see the module
+    /// doc), this thread merges their records. Returns the records read and the problem
+    /// that stopped the reading, if any.
+    fn read_mapped(&mut self, map: Mapped) -> (u64, Option<String>) {
         self.flush_filling();
-        let file = Arc::new(file);
-        let baton = Arc::new(Baton {
-            turn: Mutex::new(Turn {
-                next: 0,
-                carry: Vec::new(),
-                indexer: std::mem::take(&mut self.indexer),
-                records: 0,
-                end: None,
-            }),
-            passed: Condvar::new(),
+        let n = self.workers.len();
+        let job = Arc::new(Scan {
+            map,
+            from: self.indexer.clone(),
+            gate: Gate::new(n),
         });
-        let mut threads = Vec::with_capacity(self.readers);
-        for id in 0..self.readers {
-            let r = Reader {
-                id: id as u64,
-                readers: self.readers as u64,
-                file: file.clone(),
-                baton: baton.clone(),
-                pool: self.pool.clone(),
-                workers: self.workers.clone(),
-                report: self.report_tx.clone(),
-            };
-            threads.push(spawn(format!("gs-reader-{id}"), move || r.run()));
+        let mut sent = 0;
+        for w in &self.workers {
+            if w.send(Work::Scan(job.clone())).is_ok() {
+                sent += 1;
+            }
         }
+        if sent < n {
+            // A worker is gone (a bug): no one may wait for it.
+            job.gate.stop();
+        }
+        let mut result: Option<(usize, Box<Indexer>, u64, Option<String>)> = None;
+        let mut problem = None;
         let mut done = 0;
-        while done < threads.len() {
+        while done < sent {
             match self.reports.recv() {
-                Ok(Report::ReaderDone) => done += 1,
+                Ok(Report::Scanned { worker, end }) => {
+                    done += 1;
+                    match end {
+                        // Every worker counts the same frames: worker 0's count is kept.
+                        Ok((ix, records, stop)) => {
+                            if result.as_ref().is_none_or(|r| worker < r.0) {
+                                result = Some((worker, ix, records, stop));
+                            }
+                        }
+                        Err(e) => problem = Some(e),
+                    }
+                }
                 Ok(r) => self.handle(r),
                 Err(_) => break,
             }
             self.merger.release();
             if self.merger.collector.error.is_some() {
                 // Nobody reads the output any more: stop reading.
-                baton.stop(None);
+                job.gate.stop();
             }
         }
-        for t in threads {
-            let _ = t.join();
+        match result {
+            Some((_, ix, records, stop)) => {
+                self.indexer = *ix;
+                (records, stop.or(problem))
+            }
+            None => (0, problem.or(Some("internal error: no worker read the file".into()))),
         }
-        let mut turn = lock(&baton.turn);
-        self.indexer = std::mem::take(&mut turn.indexer);
-        (turn.records, turn.end.take().flatten())
     }
 
     fn finish(mut self, input_errors: Vec<String>) -> (Summary, Option<io::Error>) {
@@ -921,7 +1002,6 @@ impl Sharded {
             });
         }
         self.workers.clear();
-        self.report_tx = None;
         // Until every worker has reported its end (the channel closes when all are gone).
         while let Ok(r) = self.reports.recv() {
             self.handle(r);
@@ -960,113 +1040,179 @@ fn spawn<F: FnOnce() + Send + 'static>(name: String, f: F) -> JoinHandle<()> {
     }
 }
 
-/// Whose turn it is to walk and index a chunk of the file being read, and what passes from
-/// one chunk to the next.
-struct Baton {
-    turn: Mutex<Turn>,
-    passed: Condvar,
+/// A mapped file that every worker walks, from the same starting state.
+struct Scan {
+    map: Mapped,
+    /// Frame count, packet time and statistics before the file's first frame.
+    from: Indexer,
+    gate: Gate,
 }
 
-struct Turn {
-    /// The chunk to walk next.
-    next: u64,
-    /// The start of a record cut by the end of the previous chunk.
-    carry: Vec<u8>,
-    indexer: Indexer,
-    /// Whole records of this file so far.
-    records: u64,
-    /// Set when reading ends: `Some(None)` at the end of the file (or when stopped),
-    /// `Some(Some(problem))` at a damaged or cut record or a read error.
-    end: Option<Option<String>>,
+/// How far (bytes) a worker may walk ahead of the slowest. The writing thread holds the
+/// records of the fastest until the slowest has passed them, so this bounds its memory.
+const MAX_LAG: usize = 16 * MAPPED_WINDOW;
+
+/// A worker walking a mapped file reports once it holds this many records.
+const REPORT_RECORDS: usize = 512;
+
+/// Pages of the mapping are given back in steps of this many bytes.
+const RELEASE_STEP: usize = 16 << 20;
+
+/// Keeps the workers walking a mapped file within [`MAX_LAG`] of each other, and gives the
+/// pages they have all passed back. Progress is published without a lock (every window of
+/// every worker passes here); the lock is only taken to wait, or to wake a waiter.
+struct Gate {
+    /// Per worker: the byte offset it has walked to; `usize::MAX` once it is done.
+    at: Vec<AtomicUsize>,
+    /// Pages before this offset were given back.
+    released: AtomicUsize,
+    /// Workers waiting for the slowest (changed under `lock`).
+    waiting: AtomicUsize,
+    lock: Mutex<()>,
+    moved: Condvar,
+    stop: AtomicBool,
 }
 
-impl Baton {
-    fn stop(&self, problem: Option<String>) {
-        let mut t = lock(&self.turn);
-        if t.end.is_none() {
-            t.end = Some(problem);
+impl Gate {
+    fn new(n: usize) -> Gate {
+        Gate {
+            at: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            released: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            moved: Condvar::new(),
+            stop: AtomicBool::new(false),
         }
-        drop(t);
-        self.passed.notify_all();
+    }
+
+    /// Stops every walk (at its next window).
+    fn stop(&self) {
+        self.stop.store(true, SeqCst);
+        self.wake();
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(SeqCst)
+    }
+
+    fn slowest(&self) -> usize {
+        self.at.iter().map(|a| a.load(SeqCst)).min().unwrap_or(usize::MAX)
+    }
+
+    fn wake(&self) {
+        let _g = lock(&self.lock);
+        self.moved.notify_all();
+    }
+
+    /// Worker `id` has walked to `at`: gives back what all have passed, and waits while it
+    /// is too far ahead of the slowest.
+    fn walked(&self, id: usize, at: usize, map: &Mapped) {
+        if let Some(a) = self.at.get(id) {
+            a.store(at, SeqCst);
+        }
+        // Publish, then look for waiters; a waiter counts itself, then looks at progress:
+        // (all sequentially consistent) one of the two sees the other.
+        if self.waiting.load(SeqCst) > 0 {
+            self.wake();
+        }
+        let slowest = self.slowest();
+        let released = self.released.load(SeqCst);
+        if slowest != usize::MAX
+            && slowest >= released + RELEASE_STEP
+            && self
+                .released
+                .compare_exchange(released, slowest, SeqCst, SeqCst)
+                .is_ok()
+        {
+            map.release(released, slowest);
+        }
+        if at <= slowest.saturating_add(MAX_LAG) {
+            return;
+        }
+        let mut g = lock(&self.lock);
+        self.waiting.fetch_add(1, SeqCst);
+        while !self.stopped() && at > self.slowest().saturating_add(MAX_LAG) {
+            g = self.moved.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        self.waiting.fetch_sub(1, SeqCst);
+    }
+
+    /// Worker `id` is done walking (or failed): nobody waits for it.
+    fn leave(&self, id: usize) {
+        if let Some(a) = self.at.get(id) {
+            a.store(usize::MAX, SeqCst);
+        }
+        self.wake();
     }
 }
 
-/// One of the threads reading a file: chunks `id`, `id + readers`, ...
-struct Reader {
-    id: u64,
-    readers: u64,
-    file: Arc<PcapFile>,
-    baton: Arc<Baton>,
-    pool: Arc<Pool>,
-    workers: Vec<Sender<Work>>,
-    report: Option<Sender<Report>>,
-}
-
-impl Reader {
-    fn run(self) {
-        // Whatever happens (even a panic), the others must not wait for this thread's turn,
-        // and the calling thread must hear that it is done.
-        struct Guard<'a>(&'a Reader);
-        impl Drop for Guard<'_> {
-            fn drop(&mut self) {
-                if std::thread::panicking() {
-                    self.0
-                        .baton
-                        .stop(Some("internal error while reading".into()));
-                }
-                if let Some(r) = &self.0.report {
-                    let _ = r.send(Report::ReaderDone);
-                }
+/// A worker's walk of a mapped file: every frame counted (ticks at the same frames as on
+/// any other worker), the segments of its own connections analysed. `report` is called
+/// every few windows with the position reached.
+fn scan(
+    id: usize,
+    job: &Scan,
+    flow: &mut FlowTable,
+    out: &mut Vec<(OrderKey, Record)>,
+    tx: &SyncSender<Report>,
+    mut report: impl FnMut(&mut Vec<(OrderKey, Record)>, Pos) -> bool,
+) -> ScanEnd {
+    // Whatever happens (even a panic), the others must not wait for this worker, and the
+    // writing thread must hear that it is done.
+    struct Leave<'a>(&'a Gate, usize, &'a SyncSender<Report>);
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            self.0.leave(self.1);
+            if std::thread::panicking() {
+                self.0.stop();
+                let _ = self.2.send(Report::Scanned {
+                    worker: self.1,
+                    end: Err("internal error while reading".into()),
+                });
             }
-        }
-        let _guard = Guard(&self);
-        let mut k = self.id;
-        loop {
-            let mut s = self.pool.take();
-            let got = self.file.read_chunk(k, &mut s.chunk);
-            let mut t = lock(&self.baton.turn);
-            while t.next != k && t.end.is_none() {
-                t = self.baton.passed.wait(t).unwrap_or_else(|e| e.into_inner());
-            }
-            if t.end.is_some() {
-                drop(t);
-                self.pool.give(s);
-                return;
-            }
-            match got {
-                Err(e) => t.end = Some(Some(format!("error reading dump file: {e}"))),
-                Ok(n) => {
-                    let carry = std::mem::take(&mut t.carry);
-                    PcapFile::prepend(&mut s.chunk, &carry);
-                    let (whole, count, damaged) = self.file.whole_records(s.chunk.bytes());
-                    t.records += count;
-                    let tail = s.chunk.bytes().get(whole..).unwrap_or_default().to_vec();
-                    s.chunk.truncate(whole);
-                    t.indexer.chunk(&mut s);
-                    if damaged.is_some() {
-                        t.end = Some(damaged);
-                    } else if n < CHUNK_BYTES {
-                        // The end of the file.
-                        t.end = Some((!tail.is_empty()).then(|| self.file.cut_record(&tail)));
-                    } else {
-                        t.carry = tail;
-                    }
-                    // In turn, so that the workers get the chunks in order.
-                    if !dispatch(&self.workers, &self.pool, s) {
-                        t.end = Some(Some("internal error: a worker thread is gone".into()));
-                    }
-                }
-            }
-            t.next = k + 1;
-            let end = t.end.is_some();
-            drop(t);
-            self.baton.passed.notify_all();
-            if end {
-                return;
-            }
-            k += self.readers;
         }
     }
+    let _leave = Leave(&job.gate, id, tx);
+    let map = &job.map;
+    let link = map.link();
+    let me = id as u64;
+    let mut st = (Box::new(job.from.clone()), flow, out, 0u32);
+    let (records, problem) = map.walk(
+        &mut st,
+        |(ix, flow, out, _), ts, data, len| {
+            if ix.count(ts) {
+                tick(flow, ts, ix.frame, out);
+            }
+            let Some(seg) = classify(&mut ix.read, link, data, len) else {
+                return;
+            };
+            if ix.shard(&seg) == me {
+                let mut ctx = Ctx {
+                    ts,
+                    frame: ix.frame,
+                    key_frame: ix.frame,
+                    out,
+                };
+                flow.segment(&seg, &mut ctx);
+            }
+        },
+        |(ix, _, out, windows), off| {
+            if job.gate.stopped() {
+                return false;
+            }
+            *windows += 1;
+            // Records go out in batches (each report wakes the writing thread); the
+            // watermark every few windows even without records, for the other workers'.
+            if (out.len() >= REPORT_RECORDS || *windows % 16 == 0) && !report(out, (ix.frame, 0))
+            {
+                job.gate.stop();
+                return false;
+            }
+            job.gate.walked(id, off, map);
+            true
+        },
+    );
+    (st.0, records, problem)
 }
 
 fn tick(flow: &mut FlowTable, ts: Ts, frame: u64, out: &mut Vec<(OrderKey, Record)>) {
@@ -1087,7 +1233,7 @@ fn worker(
     id: usize,
     mut flow: FlowTable,
     rx: Receiver<Work>,
-    tx: Sender<Report>,
+    tx: SyncSender<Report>,
     renderer: Option<Render>,
 ) {
     let mut out: Vec<(OrderKey, Record)> = Vec::new();
@@ -1195,6 +1341,32 @@ fn worker(
                 }
                 upto = at;
                 if !report(&mut out, at.1, at) {
+                    return;
+                }
+            }
+            Work::Scan(job) => {
+                if unreported > 0 {
+                    unreported = 0;
+                    if !report(&mut out, 0, upto) {
+                        return;
+                    }
+                }
+                let end = scan(id, &job, &mut flow, &mut out, &tx, |out, at| {
+                    report(out, 0, at)
+                });
+                drop(job);
+                upto = (end.0.frame, 0);
+                prompt = false;
+                if !report(&mut out, 0, upto) {
+                    return;
+                }
+                if tx
+                    .send(Report::Scanned {
+                        worker: id,
+                        end: Ok(end),
+                    })
+                    .is_err()
+                {
                     return;
                 }
             }
