@@ -63,10 +63,13 @@ measure() {
     M_RSS=""
     local t m
     for _ in $(seq "$RUNS"); do
+        # Page cache warm for every run: the kernel may reclaim a large file's pages between
+        # runs (DAMON-based reclaim on some VMs), which made single runs vary by 2x.
+        cat "$FILE" "$SUB" >/dev/null
         # exit 1 (error findings) is a normal outcome of an analysis
         local t0 t1
         t0=$(date +%s%N)
-        if ! /usr/bin/time -f "%e %M" -o "$TMP/time" "$@" >/dev/null 2>"$TMP/err"; then
+        if ! /usr/bin/time -f "%e %M" -o "$TMP/time" "$@" >"${M_OUT:-/dev/null}" 2>"$TMP/err"; then
             if [ "$(head -n 1 "$TMP/time" | cut -c1-7)" = "Command" ] &&
                 ! grep -q "exit status 1" "$TMP/time"; then
                 echo "compare.sh: failed: $*" >&2
@@ -111,7 +114,7 @@ row tcpdump "$size" tcpdump -r "$FILE" -w /dev/null
 row gs1 "$size" "$BIN" analyze --threads 1 --format json "$FILE"
 row gsN "$size" "$BIN" analyze --threads "$THREADS" --format json "$FILE"
 row gs1_sub "$sub_size" "$BIN" analyze --threads 1 --format json "$SUB"
-RUNS=1 row tshark "$sub_size" tshark -r "$SUB" -d "tcp.port==$PORT,http" -q -z http,tree
+M_OUT=$TMP/tshark.out RUNS=1 row tshark "$sub_size" tshark -r "$SUB" -d "tcp.port==$PORT,http" -q -z http,tree
 
 mbs() { awk -v b="${BYTES[$1]}" -v t="${WALL[$1]}" 'BEGIN { printf "%.0f", b / 1e6 / (t > 0 ? t : 1e-9) }'; }
 
@@ -142,8 +145,7 @@ echo "scaling: --threads $THREADS is $(awk -v a="${WALL[gs1]}" -v b="${WALL[gsN]
     "and $(awk -v a="$(mbs gs1_sub)" -v b="$(mbs tshark)" 'BEGIN { printf "%.0f", a / b }')x tshark"
 
 # The check: complete requests, counted by both.
-tshark_requests=$(tshark -r "$SUB" -d "tcp.port==$PORT,http" -q -z http,tree 2>/dev/null |
-    awk '/HTTP Request Packets/ { print $4; exit }')
+tshark_requests=$(awk '/HTTP Request Packets/ { print $4; exit }' "$TMP/tshark.out")
 gs_requests=$("$BIN" analyze --threads 1 --format json "$SUB" | grep '"type":"exchange"' |
     grep -vc '"request_end":null' || true)
 echo "requests on tshark's input: tshark $tshark_requests, gatescope $gs_requests"

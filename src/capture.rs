@@ -240,11 +240,11 @@ enum Fill {
 }
 
 /// How far ahead of a walk through freshly read records their bytes are prefetched.
-const PREFETCH_AHEAD: usize = 8 << 10;
+pub(crate) const PREFETCH_AHEAD: usize = 8 << 10;
 
 /// Starts loading the cache line of `b[0]`.
 #[inline(always)]
-fn prefetch(b: &[u8]) {
+pub(crate) fn prefetch(b: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it reads nothing architecturally and cannot fault.
     unsafe {
@@ -572,18 +572,7 @@ impl PcapFile {
             }
             let caplen = self.caplen(h);
             if caplen > MAX_CAPLEN {
-                // libpcap's words, so that both readers say the same
-                let snapshot = match self.fmt {
-                    RecFormat::Pcap { snapshot, .. } => snapshot,
-                    RecFormat::Native => MAX_CAPLEN,
-                };
-                return (
-                    pos,
-                    n,
-                    Some(format!(
-                        "invalid packet capture length {caplen}, bigger than snaplen of {snapshot}"
-                    )),
-                );
+                return (pos, n, Some(self.damaged(caplen)));
             }
             let end = pos + REC_HDR + caplen as usize;
             if end > b.len() {
@@ -596,6 +585,112 @@ impl PcapFile {
             n += 1;
         }
         (pos, n, None)
+    }
+
+    /// The record at byte `p` of `b` (the whole file): time stamp, captured bytes, length on
+    /// the wire, offset of the next record. `Ok(None)` exactly at the end of `b`; `Err` with
+    /// libpcap's words for a damaged or cut record.
+    #[inline]
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn record<'a>(
+        &self,
+        b: &'a [u8],
+        p: usize,
+    ) -> Result<Option<(Ts, &'a [u8], u32, usize)>, String> {
+        let Some(h) = b.get(p..p + REC_HDR) else {
+            let tail = b.get(p..).unwrap_or_default();
+            return if tail.is_empty() {
+                Ok(None)
+            } else {
+                Err(self.cut_record(tail))
+            };
+        };
+        let caplen = self.caplen(h);
+        if caplen > MAX_CAPLEN {
+            return Err(self.damaged(caplen));
+        }
+        match record_in(self.fmt, b, p) {
+            Some(r) => Ok(Some(r)),
+            None => Err(self.cut_record(b.get(p..).unwrap_or_default())),
+        }
+    }
+
+    fn damaged(&self, caplen: u32) -> String {
+        // libpcap's words, so that both readers say the same
+        let snapshot = match self.fmt {
+            RecFormat::Pcap { snapshot, .. } => snapshot,
+            RecFormat::Native => MAX_CAPLEN,
+        };
+        format!("invalid packet capture length {caplen}, bigger than snaplen of {snapshot}")
+    }
+
+    /// The seconds of the record at `p`, if a whole header is there.
+    pub(crate) fn seconds_at(&self, b: &[u8], p: usize) -> Option<u32> {
+        let h = b.get(p..p + 4)?;
+        let w = [h[0], h[1], h[2], h[3]];
+        Some(match self.fmt {
+            RecFormat::Pcap {
+                big_endian: true, ..
+            } => u32::from_be_bytes(w),
+            _ => u32::from_le_bytes(w),
+        })
+    }
+
+    /// A guess at the first record boundary at or after `from` (before `upto`) in `b`, the
+    /// whole file, for reading a file from its middle: a place where several plausible
+    /// record headers follow each other (time near `near_sec`, lengths within the
+    /// snapshot). Only a guess — a payload can look like headers — so the reader checks it
+    /// against the true chain of records before using what it read (see `pipeline`).
+    pub(crate) fn resync(
+        &self,
+        b: &[u8],
+        from: usize,
+        upto: usize,
+        near_sec: u32,
+    ) -> Option<usize> {
+        const CHAIN: usize = 4;
+        const NEAR: u32 = 30 * 86_400;
+        let (big_endian, nanos, snapshot) = match self.fmt {
+            RecFormat::Pcap {
+                big_endian,
+                nanos,
+                snapshot,
+            } => (big_endian, nanos, snapshot),
+            RecFormat::Native => return None,
+        };
+        let rd = |h: &[u8], i: usize| {
+            let w = [h[i], h[i + 1], h[i + 2], h[i + 3]];
+            if big_endian {
+                u32::from_be_bytes(w)
+            } else {
+                u32::from_le_bytes(w)
+            }
+        };
+        let frac_max = if nanos { 1_000_000_000 } else { 1_000_000 };
+        let plausible = |p: usize| -> Option<usize> {
+            let h = b.get(p..p + REC_HDR)?;
+            let (sec, frac, caplen, len) = (rd(h, 0), rd(h, 4), rd(h, 8), rd(h, 12));
+            let ok = sec.abs_diff(near_sec) <= NEAR
+                && frac < frac_max
+                && caplen > 0
+                && caplen <= snapshot
+                && caplen <= len
+                && len <= MAX_CAPLEN;
+            ok.then_some(p + REC_HDR + caplen as usize)
+        };
+        (from..upto.min(b.len())).find(|&start| {
+            let mut p = start;
+            for _ in 0..CHAIN {
+                if p == b.len() {
+                    return true;
+                }
+                match plausible(p) {
+                    Some(next) if next <= b.len() => p = next,
+                    _ => return false,
+                }
+            }
+            true
+        })
     }
 
     /// What is wrong with a file that ends with `tail`, the start of a record.

@@ -96,8 +96,7 @@ pub struct Common {
     #[arg(long)]
     pub all: bool,
     /// Worker threads (connections are sharded by 4-tuple; output is identical for any value).
-    /// Default: 1 (on two cores sharding did not beat one thread yet, and its record queues
-    /// are not bounded under floods: see the README).
+    /// Default: the number of cores.
     #[arg(long)]
     pub threads: Option<usize>,
     /// Add a field to every JSON line (e.g. --tag host=web1 --tag capture=eth0), for log
@@ -164,7 +163,9 @@ impl Common {
             slow_first_byte_us: self.slow_first_byte.as_micros() as u64,
             show_secrets: self.show_secrets,
         };
-        let threads = self.threads.unwrap_or(1);
+        let threads = self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
         Config {
             limits: Arc::new(limits),
             backends: Arc::new(self.backends.clone()),
@@ -312,14 +313,18 @@ fn open_live(args: &LiveArgs) -> Result<pcap::Capture<pcap::Active>, String> {
             format!("cannot capture on '{}': {msg}", args.interface)
         }
     };
-    // Immediate mode so findings are not held back by kernel buffering; non-blocking so the
-    // read loop wakes up on its own (poll with a timeout) to advance packet time and to stop.
+    // Not immediate mode: on Linux that makes libpcap use TPACKET_V2, whose ring has one
+    // slot per packet, each as large as the snaplen (256 KiB), so a 64 MiB buffer held only
+    // ~250 packets and bursts were dropped. TPACKET_V3 packs packets into blocks; the kernel
+    // hands a block over when it is full or after the timeout, so findings are at most
+    // LIVE_TIMEOUT_MS late. Non-blocking so the read loop wakes up on its own (poll with a
+    // timeout) to advance packet time and to stop.
     let cap = pcap::Capture::from_device(args.interface.as_str())
         .map_err(explain)?
         .snaplen(262_144)
         .promisc(false)
-        .immediate_mode(true)
-        .timeout(100)
+        .immediate_mode(false)
+        .timeout(LIVE_TIMEOUT_MS)
         .buffer_size(args.buffer_size)
         .open()
         .map_err(explain)?
@@ -327,6 +332,9 @@ fn open_live(args: &LiveArgs) -> Result<pcap::Capture<pcap::Active>, String> {
         .map_err(explain)?;
     Ok(cap)
 }
+
+/// The longest a captured packet waits in the kernel before gatescope sees it (ms).
+const LIVE_TIMEOUT_MS: i32 = 50;
 
 pub fn live(args: &LiveArgs) -> Outcome {
     let mut cap = match open_live(args) {

@@ -39,7 +39,7 @@
 //! timeouts): a tick every second of packet time lets connections expire and slow waits be
 //! reported.
 
-use crate::capture::{Chunk, Mapped, RecFormat, MAPPED_WINDOW};
+use crate::capture::{Chunk, Mapped, RecFormat};
 use crate::decode::{self, Decoded, Flags, Segment};
 use crate::flow::{Backend, FlowStats, FlowTable};
 use crate::limits::Limits;
@@ -51,9 +51,10 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+mod mapped;
 
 /// Packet time between ticks.
 pub const TICK_US: i64 = 1_000_000;
@@ -367,13 +368,19 @@ impl Single {
     fn read_mapped(&mut self, map: Mapped) -> (u64, Option<String>) {
         let link = map.link();
         let mut released = 0usize;
-        map.populate(0, RELEASE_STEP);
+        // Pages are mapped ahead in one call per step rather than by a fault each, and
+        // given back behind, so that the resident size stays small.
+        let mut populated = 2 * RELEASE_STEP;
+        map.populate(0, populated);
         map.walk(
             self,
             |s, ts, data, len| s.packet(link, ts, data, len),
             |s, off| {
+                if off + RELEASE_STEP > populated {
+                    map.populate(populated, off + 2 * RELEASE_STEP);
+                    populated = off + 2 * RELEASE_STEP;
+                }
                 if off >= released + RELEASE_STEP {
-                    map.populate(off + RELEASE_STEP / 2, off + RELEASE_STEP * 3 / 2);
                     map.release(released, off);
                     released = off;
                 }
@@ -541,7 +548,7 @@ enum Work {
     },
     /// Walk the whole of a mapped file (every worker does), analysing this worker's
     /// connections.
-    Scan(Arc<Scan>),
+    Scan(Arc<mapped::Job>),
     /// End of input, at this packet time and frame.
     End {
         last_ts: Ts,
@@ -843,7 +850,10 @@ impl Sharded {
             if let Some(s) = self.pool.try_take() {
                 break s;
             }
-            match self.reports.recv_timeout(std::time::Duration::from_millis(1)) {
+            match self
+                .reports
+                .recv_timeout(std::time::Duration::from_millis(1))
+            {
                 Ok(r) => {
                     self.handle(r);
                     self.merger.release();
@@ -943,11 +953,7 @@ impl Sharded {
     fn read_mapped(&mut self, map: Mapped) -> (u64, Option<String>) {
         self.flush_filling();
         let n = self.workers.len();
-        let job = Arc::new(Scan {
-            map,
-            from: self.indexer.clone(),
-            gate: Gate::new(n),
-        });
+        let job = Arc::new(mapped::Job::new(map, self.indexer.clone(), n));
         let mut sent = 0;
         for w in &self.workers {
             if w.send(Work::Scan(job.clone())).is_ok() {
@@ -956,7 +962,7 @@ impl Sharded {
         }
         if sent < n {
             // A worker is gone (a bug): no one may wait for it.
-            job.gate.stop();
+            job.stop();
         }
         let mut result: Option<(usize, Box<Indexer>, u64, Option<String>)> = None;
         let mut problem = None;
@@ -981,7 +987,7 @@ impl Sharded {
             self.merger.release();
             if self.merger.collector.error.is_some() {
                 // Nobody reads the output any more: stop reading.
-                job.gate.stop();
+                job.stop();
             }
         }
         match result {
@@ -989,7 +995,10 @@ impl Sharded {
                 self.indexer = *ix;
                 (records, stop.or(problem))
             }
-            None => (0, problem.or(Some("internal error: no worker read the file".into()))),
+            None => (
+                0,
+                problem.or(Some("internal error: no worker read the file".into())),
+            ),
         }
     }
 
@@ -1040,180 +1049,11 @@ fn spawn<F: FnOnce() + Send + 'static>(name: String, f: F) -> JoinHandle<()> {
     }
 }
 
-/// A mapped file that every worker walks, from the same starting state.
-struct Scan {
-    map: Mapped,
-    /// Frame count, packet time and statistics before the file's first frame.
-    from: Indexer,
-    gate: Gate,
-}
-
-/// How far (bytes) a worker may walk ahead of the slowest. The writing thread holds the
-/// records of the fastest until the slowest has passed them, so this bounds its memory.
-const MAX_LAG: usize = 16 * MAPPED_WINDOW;
-
 /// A worker walking a mapped file reports once it holds this many records.
-const REPORT_RECORDS: usize = 512;
+const REPORT_RECORDS: usize = 1024;
 
-/// Pages of the mapping are given back in steps of this many bytes.
-const RELEASE_STEP: usize = 16 << 20;
-
-/// Keeps the workers walking a mapped file within [`MAX_LAG`] of each other, and gives the
-/// pages they have all passed back. Progress is published without a lock (every window of
-/// every worker passes here); the lock is only taken to wait, or to wake a waiter.
-struct Gate {
-    /// Per worker: the byte offset it has walked to; `usize::MAX` once it is done.
-    at: Vec<AtomicUsize>,
-    /// Pages before this offset were given back.
-    released: AtomicUsize,
-    /// Workers waiting for the slowest (changed under `lock`).
-    waiting: AtomicUsize,
-    lock: Mutex<()>,
-    moved: Condvar,
-    stop: AtomicBool,
-}
-
-impl Gate {
-    fn new(n: usize) -> Gate {
-        Gate {
-            at: (0..n).map(|_| AtomicUsize::new(0)).collect(),
-            released: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            moved: Condvar::new(),
-            stop: AtomicBool::new(false),
-        }
-    }
-
-    /// Stops every walk (at its next window).
-    fn stop(&self) {
-        self.stop.store(true, SeqCst);
-        self.wake();
-    }
-
-    fn stopped(&self) -> bool {
-        self.stop.load(SeqCst)
-    }
-
-    fn slowest(&self) -> usize {
-        self.at.iter().map(|a| a.load(SeqCst)).min().unwrap_or(usize::MAX)
-    }
-
-    fn wake(&self) {
-        let _g = lock(&self.lock);
-        self.moved.notify_all();
-    }
-
-    /// Worker `id` has walked to `at`: gives back what all have passed, and waits while it
-    /// is too far ahead of the slowest.
-    fn walked(&self, id: usize, at: usize, map: &Mapped) {
-        if let Some(a) = self.at.get(id) {
-            a.store(at, SeqCst);
-        }
-        // Publish, then look for waiters; a waiter counts itself, then looks at progress:
-        // (all sequentially consistent) one of the two sees the other.
-        if self.waiting.load(SeqCst) > 0 {
-            self.wake();
-        }
-        let slowest = self.slowest();
-        let released = self.released.load(SeqCst);
-        if slowest != usize::MAX
-            && slowest >= released + RELEASE_STEP
-            && self
-                .released
-                .compare_exchange(released, slowest, SeqCst, SeqCst)
-                .is_ok()
-        {
-            map.release(released, slowest);
-        }
-        if at <= slowest.saturating_add(MAX_LAG) {
-            return;
-        }
-        let mut g = lock(&self.lock);
-        self.waiting.fetch_add(1, SeqCst);
-        while !self.stopped() && at > self.slowest().saturating_add(MAX_LAG) {
-            g = self.moved.wait(g).unwrap_or_else(|e| e.into_inner());
-        }
-        self.waiting.fetch_sub(1, SeqCst);
-    }
-
-    /// Worker `id` is done walking (or failed): nobody waits for it.
-    fn leave(&self, id: usize) {
-        if let Some(a) = self.at.get(id) {
-            a.store(usize::MAX, SeqCst);
-        }
-        self.wake();
-    }
-}
-
-/// A worker's walk of a mapped file: every frame counted (ticks at the same frames as on
-/// any other worker), the segments of its own connections analysed. `report` is called
-/// every few windows with the position reached.
-fn scan(
-    id: usize,
-    job: &Scan,
-    flow: &mut FlowTable,
-    out: &mut Vec<(OrderKey, Record)>,
-    tx: &SyncSender<Report>,
-    mut report: impl FnMut(&mut Vec<(OrderKey, Record)>, Pos) -> bool,
-) -> ScanEnd {
-    // Whatever happens (even a panic), the others must not wait for this worker, and the
-    // writing thread must hear that it is done.
-    struct Leave<'a>(&'a Gate, usize, &'a SyncSender<Report>);
-    impl Drop for Leave<'_> {
-        fn drop(&mut self) {
-            self.0.leave(self.1);
-            if std::thread::panicking() {
-                self.0.stop();
-                let _ = self.2.send(Report::Scanned {
-                    worker: self.1,
-                    end: Err("internal error while reading".into()),
-                });
-            }
-        }
-    }
-    let _leave = Leave(&job.gate, id, tx);
-    let map = &job.map;
-    let link = map.link();
-    let me = id as u64;
-    let mut st = (Box::new(job.from.clone()), flow, out, 0u32);
-    let (records, problem) = map.walk(
-        &mut st,
-        |(ix, flow, out, _), ts, data, len| {
-            if ix.count(ts) {
-                tick(flow, ts, ix.frame, out);
-            }
-            let Some(seg) = classify(&mut ix.read, link, data, len) else {
-                return;
-            };
-            if ix.shard(&seg) == me {
-                let mut ctx = Ctx {
-                    ts,
-                    frame: ix.frame,
-                    key_frame: ix.frame,
-                    out,
-                };
-                flow.segment(&seg, &mut ctx);
-            }
-        },
-        |(ix, _, out, windows), off| {
-            if job.gate.stopped() {
-                return false;
-            }
-            *windows += 1;
-            // Records go out in batches (each report wakes the writing thread); the
-            // watermark every few windows even without records, for the other workers'.
-            if (out.len() >= REPORT_RECORDS || *windows % 16 == 0) && !report(out, (ix.frame, 0))
-            {
-                job.gate.stop();
-                return false;
-            }
-            job.gate.walked(id, off, map);
-            true
-        },
-    );
-    (st.0, records, problem)
-}
+/// Single-thread reading gives the mapping back in steps of this many bytes.
+const RELEASE_STEP: usize = 4 << 20;
 
 fn tick(flow: &mut FlowTable, ts: Ts, frame: u64, out: &mut Vec<(OrderKey, Record)>) {
     let mut ctx = Ctx {
@@ -1351,7 +1191,7 @@ fn worker(
                         return;
                     }
                 }
-                let end = scan(id, &job, &mut flow, &mut out, &tx, |out, at| {
+                let end = mapped::run(id, &job, &mut flow, &mut out, &tx, |out, at| {
                     report(out, 0, at)
                 });
                 drop(job);

@@ -109,6 +109,18 @@ pub struct ReadStats {
     pub interface_dropped: Option<u64>,
 }
 
+impl ReadStats {
+    /// Adds the frame counts of `o` (frames counted elsewhere); live statistics stay.
+    pub fn add(&mut self, o: &ReadStats) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.tcp_packets += o.tcp_packets;
+        self.non_tcp_packets += o.non_tcp_packets;
+        self.malformed_packets += o.malformed_packets;
+        self.snaplen_cut_frames += o.snaplen_cut_frames;
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Summary {
     pub read: ReadStats,

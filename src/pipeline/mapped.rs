@@ -1,0 +1,527 @@
+//! A classic pcap file mapped into memory, read by all the workers at once.
+//!
+//! Walking the records (and decoding each frame's headers) is a stream over the whole file:
+//! a third of the single-thread time, bound by memory bandwidth. So it is split, not
+//! repeated: the file is cut into windows of [`WINDOW`] bytes, and window `k` is indexed by
+//! worker `k mod N` — its records walked, every frame's time noted, each TCP segment
+//! decoded once and listed for the worker that owns its connection. Then every worker
+//! goes through all windows in order, counting every frame (so that ticks fall on the same
+//! frames everywhere) and analysing only its own segments.
+//!
+//! A window's first record is only known once the window before has been walked (records
+//! have no sync marker). Rather than wait, a worker guesses it ([`PcapFile::resync`]: a
+//! chain of plausible headers) and walks from there; before any worker uses a window, its
+//! start is checked against where the window before really ended, and a window that was
+//! guessed wrong (a payload that looked like headers) is indexed again from the true start.
+//! So a bad guess costs time, never correctness.
+//!
+//! Bounded: at most [`LOOKAHEAD`] windows per worker are indexed ahead of the slowest
+//! worker, windows all workers are done with are dropped, and the pages behind them are
+//! given back to the kernel ([`Mapped::release`]).
+
+use super::{classify, tick, Indexer, Pos, Report, ScanEnd, REPORT_RECORDS};
+use crate::capture::{prefetch, Mapped, PREFETCH_AHEAD};
+use crate::decode::{Flags, Segment};
+use crate::flow::FlowTable;
+use crate::record::{OrderKey, Record};
+use crate::session::Ctx;
+use crate::summary::ReadStats;
+use crate::time::Ts;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// Bytes of the file per window (records are assigned to the window they start in).
+const WINDOW: usize = 512 << 10;
+
+/// Windows indexed ahead of the slowest worker, per worker: enough that nobody waits for
+/// an index, few enough that they are still in the cache when analysed.
+const LOOKAHEAD: usize = 12;
+
+/// Windows a worker may analyse ahead of the slowest. The writing thread holds the
+/// records of the fastest until the slowest has caught up, so this bounds its memory (a SYN
+/// flood makes two records per frame).
+const MAX_LEAD: usize = 2;
+
+/// The mapping is given back in steps of this many bytes.
+const RELEASE_STEP: usize = 4 << 20;
+
+/// What the workers share while reading one mapped file.
+pub(super) struct Job {
+    map: Mapped,
+    /// Frame count, packet time and statistics before the file's first frame.
+    from: Indexer,
+    workers: usize,
+    /// Windows in the file.
+    windows: usize,
+    /// The first record's seconds (for guessing where records start).
+    first_sec: u32,
+    table: Mutex<Table>,
+    changed: Condvar,
+    stop: AtomicBool,
+}
+
+/// The windows in flight.
+struct Table {
+    /// Windows `base..base + slots.len()`.
+    slots: VecDeque<Slot>,
+    base: usize,
+    /// Windows before this one are checked: each starts where the one before ends.
+    checked: usize,
+    /// Where the last checked window ends (the next one must start there).
+    checked_end: usize,
+    /// Per worker: the next window it analyses.
+    next: Vec<usize>,
+    /// The mapping before this offset was given back.
+    released: usize,
+    /// Workers waiting for a change.
+    waiting: usize,
+    /// Windows done with, for their buffers.
+    spare: Vec<Window>,
+}
+
+enum Slot {
+    /// Not indexed yet (by worker `k mod N`).
+    Pending,
+    /// Being indexed.
+    Indexing,
+    Ready(Arc<Window>),
+    /// Indexed from a wrong guess: to be indexed again from where the window before ends.
+    Redo,
+}
+
+/// The index of one window.
+struct Window {
+    /// Offset of its first record (`usize::MAX`: no guess found).
+    start: usize,
+    /// Offset after its last record: where the next window starts.
+    end: usize,
+    /// The time of every frame, in order.
+    ts: Vec<Ts>,
+    /// Per worker: the TCP segments of its connections.
+    segs: Vec<Vec<Seg>>,
+    /// Counts for these frames.
+    read: ReadStats,
+    records: u64,
+    /// The walk stopped in this window (damaged or cut record): the file ends here.
+    problem: Option<String>,
+}
+
+/// A decoded TCP segment whose payload is in the mapping.
+struct Seg {
+    /// The frame's place in its window.
+    i: u32,
+    src: SocketAddr,
+    dst: SocketAddr,
+    seq: u32,
+    ack: u32,
+    at: usize,
+    len: u32,
+    missing: u32,
+    window: u16,
+    flags: u8,
+}
+
+impl Job {
+    pub(super) fn new(map: Mapped, from: Indexer, workers: usize) -> Job {
+        let n = workers.max(1);
+        let data = map.bytes().len().saturating_sub(map.data_start);
+        let first_sec = map
+            .file
+            .seconds_at(map.bytes(), map.data_start)
+            .unwrap_or(0);
+        let data_start = map.data_start;
+        Job {
+            map,
+            from,
+            workers: n,
+            windows: data.div_ceil(WINDOW).max(1),
+            first_sec,
+            table: Mutex::new(Table {
+                slots: VecDeque::new(),
+                base: 0,
+                checked: 0,
+                checked_end: data_start,
+                next: vec![0; n],
+                released: 0,
+                waiting: 0,
+                spare: Vec::new(),
+            }),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Stops every worker at its next window.
+    pub(super) fn stop(&self) {
+        self.stop.store(true, SeqCst);
+        let _t = self.lock();
+        self.changed.notify_all();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self, t: &Table) {
+        if t.waiting > 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    /// The byte range of window `k`'s record starts.
+    fn span(&self, k: usize) -> (usize, usize) {
+        let d = self.map.data_start;
+        (d + k * WINDOW, d + (k + 1) * WINDOW)
+    }
+
+    /// Indexes window `k` into `w` (a spare), from `start` if known, else from a guess.
+    fn index(&self, k: usize, start: Option<usize>, w: Option<Window>) -> Window {
+        let (lo, hi) = self.span(k);
+        let b = self.map.bytes();
+        let n = self.workers;
+        let start = start.or_else(|| self.map.file.resync(b, lo, hi, self.first_sec));
+        let mut w = w.unwrap_or_else(|| Window {
+            start: 0,
+            end: 0,
+            ts: Vec::with_capacity(WINDOW / 256),
+            segs: (0..n).map(|_| Vec::with_capacity(WINDOW / 256)).collect(),
+            read: ReadStats::default(),
+            records: 0,
+            problem: None,
+        });
+        w.start = start.unwrap_or(usize::MAX);
+        w.end = w.start;
+        w.ts.clear();
+        for v in &mut w.segs {
+            v.clear();
+        }
+        w.read = ReadStats::default();
+        w.records = 0;
+        w.problem = None;
+        let Some(mut p) = start else {
+            // No plausible start: indexed again once the true one is known.
+            return w;
+        };
+        // Its pages mapped in one call rather than by a fault each.
+        self.map.populate(p, hi + PREFETCH_AHEAD);
+        let link = self.map.link();
+        let file = &self.map.file;
+        let mut ahead = p;
+        while p < hi {
+            while ahead < (p + PREFETCH_AHEAD).min(b.len()) {
+                if let Some(at) = b.get(ahead..) {
+                    prefetch(at);
+                }
+                ahead += 64;
+            }
+            let (ts, data, len, next) = match file.record(b, p) {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    w.problem = Some(e);
+                    break;
+                }
+            };
+            let i = w.ts.len() as u32;
+            w.ts.push(ts);
+            w.records += 1;
+            p = next;
+            let Some(seg) = classify(&mut w.read, link, data, len) else {
+                continue;
+            };
+            let owner = (super::shard_hash(&seg.src, &seg.dst) % n as u64) as usize;
+            let at = (seg.payload.as_ptr() as usize).wrapping_sub(b.as_ptr() as usize);
+            if let Some(v) = w.segs.get_mut(owner) {
+                v.push(Seg {
+                    i,
+                    src: seg.src,
+                    dst: seg.dst,
+                    seq: seg.seq,
+                    ack: seg.ack,
+                    at,
+                    len: seg.payload.len() as u32,
+                    missing: seg.missing,
+                    window: seg.window,
+                    flags: seg.flags.0,
+                });
+            }
+        }
+        w.end = p;
+        w
+    }
+
+    /// Whether window `k` is the last one to analyse.
+    fn last(&self, k: usize, w: &Window) -> bool {
+        w.problem.is_some() || w.end >= self.map.bytes().len() || k + 1 >= self.windows
+    }
+}
+
+impl Table {
+    fn slot(&mut self, k: usize) -> Option<&mut Slot> {
+        let i = k.checked_sub(self.base)?;
+        while self.slots.len() <= i {
+            self.slots.push_back(Slot::Pending);
+        }
+        self.slots.get_mut(i)
+    }
+
+    /// Checks the windows that can be checked now: each must start where the one before
+    /// ended; a wrong guess is marked for indexing again. True if anything changed.
+    fn check(&mut self) -> bool {
+        let mut changed = false;
+        loop {
+            let k = self.checked;
+            let end = self.checked_end;
+            let Some(slot) = self.slot(k) else {
+                return changed;
+            };
+            match slot {
+                Slot::Ready(w) if w.start == end => {
+                    self.checked_end = w.end;
+                    self.checked += 1;
+                }
+                Slot::Ready(_) => *slot = Slot::Redo,
+                _ => return changed,
+            }
+            changed = true;
+        }
+    }
+
+    fn slowest(&self) -> usize {
+        self.next.iter().copied().min().unwrap_or(0)
+    }
+}
+
+/// What a worker does next.
+enum Step {
+    Analyse(usize, Arc<Window>),
+    /// Window, its start if known, a spare to index into.
+    Index(usize, Option<usize>, Option<Box<Window>>),
+    Done,
+}
+
+/// One worker's part of reading the mapped file: indexing its windows, analysing its
+/// connections in all of them. `report` is called every few windows with the position
+/// reached.
+pub(super) fn run(
+    id: usize,
+    job: &Job,
+    flow: &mut FlowTable,
+    out: &mut Vec<(OrderKey, Record)>,
+    tx: &SyncSender<Report>,
+    mut report: impl FnMut(&mut Vec<(OrderKey, Record)>, Pos) -> bool,
+) -> ScanEnd {
+    // Whatever happens (even a panic), the others must not wait for this worker, and the
+    // writing thread must hear that it is done.
+    struct Leave<'a>(&'a Job, usize, &'a SyncSender<Report>);
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.stop();
+                let _ = self.2.send(Report::Scanned {
+                    worker: self.1,
+                    end: Err("internal error while reading".into()),
+                });
+            }
+        }
+    }
+    let _leave = Leave(job, id, tx);
+    let n = job.workers;
+    let mut ix = Box::new(job.from.clone());
+    let mut records = 0u64;
+    let mut problem = None;
+    let mut analysed = 0u32;
+    // The next window this worker indexes (its own: k mod N == id).
+    let mut own = id;
+    loop {
+        let step = {
+            let mut t = job.lock();
+            loop {
+                if job.stop.load(SeqCst) {
+                    break Step::Done;
+                }
+                if t.check() {
+                    job.notify(&t);
+                }
+                let next = t.next.get(id).copied().unwrap_or(usize::MAX);
+                if next >= job.windows {
+                    break Step::Done;
+                }
+                if next < t.checked && next < t.slowest() + MAX_LEAD {
+                    if let Some(Slot::Ready(w)) = t.slot(next) {
+                        break Step::Analyse(next, w.clone());
+                    }
+                }
+                // The window everyone waits for, if it is this worker's to index.
+                let c = t.checked;
+                if c % n == id {
+                    let exact = t.checked_end;
+                    if let Some(s @ (Slot::Pending | Slot::Redo)) = t.slot(c) {
+                        *s = Slot::Indexing;
+                        break Step::Index(c, Some(exact), t.spare.pop().map(Box::new));
+                    }
+                }
+                while own < t.checked || !matches!(t.slot(own), Some(Slot::Pending) | None) {
+                    if own >= job.windows {
+                        break;
+                    }
+                    own += n;
+                }
+                if own < job.windows && own < t.slowest() + LOOKAHEAD * n {
+                    let k = own;
+                    if let Some(s) = t.slot(k) {
+                        *s = Slot::Indexing;
+                    }
+                    own += n;
+                    break Step::Index(k, None, t.spare.pop().map(Box::new));
+                }
+                t.waiting += 1;
+                t = job.changed.wait(t).unwrap_or_else(|e| e.into_inner());
+                t.waiting -= 1;
+            }
+        };
+        match step {
+            Step::Done => break,
+            Step::Index(k, start, spare) => {
+                let w = Arc::new(job.index(k, start, spare.map(|b| *b)));
+                let mut t = job.lock();
+                if let Some(s) = t.slot(k) {
+                    *s = Slot::Ready(w);
+                }
+                job.notify(&t);
+            }
+            Step::Analyse(k, w) => {
+                if !analyse(id, job, &w, &mut ix, flow, out, &mut report) {
+                    job.stop();
+                    break;
+                }
+                records += w.records;
+                let last = job.last(k, &w);
+                if last {
+                    problem = w.problem.clone();
+                }
+                drop(w);
+                forget(job, id, k + 1);
+                analysed += 1;
+                // Records go out in batches (each report wakes the writing thread); the
+                // watermark every few windows even without records, for the other workers'.
+                if (out.len() >= REPORT_RECORDS || analysed.is_multiple_of(32) || last)
+                    && !report(out, (ix.frame, 0))
+                {
+                    job.stop();
+                    break;
+                }
+                if last {
+                    // Nothing after a damaged record, or past the end.
+                    let mut t = job.lock();
+                    if let Some(x) = t.next.get_mut(id) {
+                        *x = usize::MAX;
+                    }
+                    job.notify(&t);
+                    break;
+                }
+            }
+        }
+    }
+    (ix, records, problem)
+}
+
+/// This worker's part of one window: every frame counted, its own segments analysed.
+/// Records are reported as soon as there are [`REPORT_RECORDS`] (a flood can make
+/// thousands in a window). False if the writing thread is gone.
+fn analyse(
+    id: usize,
+    job: &Job,
+    w: &Window,
+    ix: &mut Indexer,
+    flow: &mut FlowTable,
+    out: &mut Vec<(OrderKey, Record)>,
+    report: &mut impl FnMut(&mut Vec<(OrderKey, Record)>, Pos) -> bool,
+) -> bool {
+    let b = job.map.bytes();
+    let mine = w.segs.get(id).map_or(&[][..], |v| &v[..]);
+    let mut segs = mine.iter().peekable();
+    for (i, &ts) in w.ts.iter().enumerate() {
+        if ix.count(ts) {
+            tick(flow, ts, ix.frame, out);
+        }
+        while let Some(m) = segs.next_if(|m| m.i as usize == i) {
+            let payload = b.get(m.at..m.at + m.len as usize).unwrap_or_default();
+            let seg = Segment {
+                src: m.src,
+                dst: m.dst,
+                seq: m.seq,
+                ack: m.ack,
+                flags: Flags(m.flags),
+                window: m.window,
+                payload,
+                missing: m.missing,
+            };
+            let mut ctx = Ctx {
+                ts,
+                frame: ix.frame,
+                key_frame: ix.frame,
+                out,
+            };
+            flow.segment(&seg, &mut ctx);
+        }
+        if out.len() >= REPORT_RECORDS && !report(out, (ix.frame, 0)) {
+            return false;
+        }
+    }
+    // The frames are counted once, by worker 0 (whose counters the reading thread keeps).
+    if id == 0 {
+        ix.read.add(&w.read);
+    }
+    true
+}
+
+/// Worker `id` goes on to window `next`: windows every worker is done with are dropped,
+/// and the mapping behind them given back.
+fn forget(job: &Job, id: usize, next: usize) {
+    let mut t = job.lock();
+    if let Some(x) = t.next.get_mut(id) {
+        *x = next;
+    }
+    let slowest = t.slowest();
+    let mut upto = None;
+    while t.base < slowest.min(t.checked) {
+        if let Some(Slot::Ready(w)) = t.slots.pop_front() {
+            upto = Some(w.end);
+            // Nobody holds it any more (every worker is past it): its buffers are reused.
+            if let Ok(w) = Arc::try_unwrap(w) {
+                t.spare.push(w);
+            }
+        }
+        t.base += 1;
+    }
+    let mut release = None;
+    if let Some(end) = upto {
+        if end != usize::MAX && end >= t.released + RELEASE_STEP {
+            release = Some((t.released, end));
+            t.released = end;
+        }
+    }
+    job.notify(&t);
+    drop(t);
+    if let Some((from, upto)) = release {
+        job.map.release(from, upto);
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn windows_cover_the_file() {
+        // The span of window k starts where k-1's ends.
+        let spans: Vec<(usize, usize)> = (0..3)
+            .map(|k| (24 + k * WINDOW, 24 + (k + 1) * WINDOW))
+            .collect();
+        assert_eq!(spans[0].1, spans[1].0);
+    }
+}
