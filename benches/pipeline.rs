@@ -236,8 +236,8 @@ impl Output for Checked {
     fn renderer(&self) -> Option<gatescope::pipeline::Render> {
         self.0.renderer()
     }
-    fn rendered(&mut self, r: &Record, bytes: &[u8]) -> io::Result<()> {
-        self.0.rendered(r, bytes)
+    fn rendered(&mut self, finding: bool, bytes: &[u8]) -> io::Result<()> {
+        self.0.rendered(finding, bytes)
     }
 }
 

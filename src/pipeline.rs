@@ -45,7 +45,7 @@ use crate::flow::{Backend, FlowStats, FlowTable};
 use crate::limits::Limits;
 use crate::record::{OrderKey, Record};
 use crate::session::Ctx;
-use crate::summary::{ReadStats, Summary};
+use crate::summary::{Observed, ReadStats, Summary};
 use crate::time::Ts;
 use std::collections::VecDeque;
 use std::io;
@@ -71,10 +71,11 @@ pub trait Output: Send {
     fn renderer(&self) -> Option<Render> {
         None
     }
-    /// Writes a record that [`Output::renderer`] rendered as `bytes`.
-    fn rendered(&mut self, r: &Record, bytes: &[u8]) -> io::Result<()> {
-        let _ = bytes;
-        self.record(r)
+    /// Writes the bytes [`Output::renderer`] rendered for a record (a finding or not). Only
+    /// called for outputs that have a renderer.
+    fn rendered(&mut self, finding: bool, bytes: &[u8]) -> io::Result<()> {
+        let _ = (finding, bytes);
+        Err(io::Error::other("this output renders no records ahead"))
     }
 }
 
@@ -105,12 +106,12 @@ impl Collector {
         }
     }
 
-    fn emit_rendered(&mut self, r: &Record, bytes: &[u8]) {
+    fn emit_rendered(&mut self, o: &Observed, bytes: &[u8]) {
         if self.error.is_some() {
             return;
         }
-        self.summary.observe(r);
-        if let Err(e) = self.out.rendered(r, bytes) {
+        self.summary.note(o);
+        if let Err(e) = self.out.rendered(o.is_finding(), bytes) {
             self.error = Some(e);
         }
     }
@@ -560,28 +561,40 @@ enum Work {
 /// Records produced at a position are ordered after those of every earlier position.
 type Pos = (u64, u32);
 
-/// A record, and its output bytes if the output renders records ahead (see
-/// [`Output::renderer`]).
-/// Boxed: a record is a few hundred bytes, and the merger moves each one three times.
-type Rendered = (OrderKey, Box<Record>, Option<Box<[u8]>>);
+/// A record as it travels from a worker to the writing thread.
+enum Item {
+    /// Rendered by the worker (see [`Output::renderer`]): what the summary counts of it, and
+    /// where its bytes are in its batch's buffer. The record itself stays (and is freed) on
+    /// the worker: no heap data crosses threads but the buffer.
+    Bytes { obs: Observed, from: u32, to: u32 },
+    /// The record, for outputs that format records themselves (the table).
+    Full(Box<Record>),
+}
+
+/// A batch of records from one worker, in the order produced.
+struct Batch {
+    items: Vec<(OrderKey, Item)>,
+    /// The rendered bytes of the batch's [`Item::Bytes`].
+    bytes: Vec<u8>,
+}
 
 /// Renders a batch of records with `render`, if any.
-fn render(
-    records: &mut Vec<(OrderKey, Record)>,
-    render: &Option<Render>,
-    buf: &mut Vec<u8>,
-) -> Vec<Rendered> {
-    records
+fn render(records: &mut Vec<(OrderKey, Record)>, render: &Option<Render>) -> Batch {
+    let mut bytes = Vec::new();
+    let items = records
         .drain(..)
-        .map(|(k, r)| {
-            let bytes = render.as_ref().map(|f| {
-                buf.clear();
-                f(&r, buf);
-                buf.as_slice().into()
-            });
-            (k, Box::new(r), bytes)
+        .map(|(k, r)| match render {
+            Some(f) => {
+                let from = bytes.len() as u32;
+                f(&r, &mut bytes);
+                let to = bytes.len() as u32;
+                let obs = Observed::of(&r);
+                (k, Item::Bytes { obs, from, to })
+            }
+            None => (k, Item::Full(Box::new(r))),
         })
-        .collect()
+        .collect();
+    Batch { items, bytes }
 }
 
 /// To the calling thread.
@@ -591,13 +604,13 @@ enum Report {
     Records {
         worker: usize,
         adv: u32,
-        records: Vec<Rendered>,
+        records: Batch,
         upto: Pos,
     },
     /// End of input: the last records (connections open at the end) and the counters.
     Done {
         worker: usize,
-        records: Vec<Rendered>,
+        records: Batch,
         flow: Box<FlowStats>,
     },
     /// A worker has walked the whole mapped file (or stopped): its frame count and
@@ -1077,14 +1090,13 @@ fn worker(
     renderer: Option<Render>,
 ) {
     let mut out: Vec<(OrderKey, Record)> = Vec::new();
-    let mut buf = Vec::new();
     // Chunks done since the last report, and how far they went.
     let mut unreported = 0u32;
     // The last chunk came from a live source: report as soon as the queue is empty.
     let mut prompt = false;
     let mut upto: Pos = (0, 0);
-    let mut report = |out: &mut Vec<(OrderKey, Record)>, adv: u32, upto: Pos| {
-        let records = render(out, &renderer, &mut buf);
+    let report = |out: &mut Vec<(OrderKey, Record)>, adv: u32, upto: Pos| {
+        let records = render(out, &renderer);
         tx.send(Report::Records {
             worker: id,
             adv,
@@ -1221,7 +1233,7 @@ fn worker(
                     out: &mut out,
                 };
                 flow.drain(&mut ctx);
-                let records = render(&mut out, &renderer, &mut buf);
+                let records = render(&mut out, &renderer);
                 let _ = tx.send(Report::Done {
                     worker: id,
                     records,
@@ -1233,12 +1245,16 @@ fn worker(
     }
 }
 
+/// A record waiting in the merger: the advance that produced it, its key, the record, and
+/// the buffer its bytes are in.
+type Queued = (u32, OrderKey, Item, Arc<Vec<u8>>);
+
 /// Orders the workers' records as one thread would have written them.
 struct Merger {
-    /// Per worker: (advance, record), in the order produced.
-    queues: Vec<VecDeque<(u32, Rendered)>>,
+    /// Per worker: records in the order produced.
+    queues: Vec<VecDeque<Queued>>,
     upto: Vec<Pos>,
-    ready: Vec<(u32, Rendered)>,
+    ready: Vec<Queued>,
     collector: Collector,
     flow: FlowStats,
 }
@@ -1254,11 +1270,17 @@ impl Merger {
         }
     }
 
-    fn records(&mut self, w: usize, adv: u32, records: Vec<Rendered>, upto: Pos) {
+    fn records(&mut self, w: usize, adv: u32, records: Batch, upto: Pos) {
         let (Some(q), Some(u)) = (self.queues.get_mut(w), self.upto.get_mut(w)) else {
             return;
         };
-        q.extend(records.into_iter().map(|r| (adv, r)));
+        let bytes = Arc::new(records.bytes);
+        q.extend(
+            records
+                .items
+                .into_iter()
+                .map(|(k, item)| (adv, k, item, bytes.clone())),
+        );
         *u = (*u).max(upto);
     }
 
@@ -1266,7 +1288,7 @@ impl Merger {
     fn release(&mut self) {
         let w = self.upto.iter().copied().min().unwrap_or((0, 0));
         for q in &mut self.queues {
-            while q.front().is_some_and(|(a, (k, _, _))| (k.frame, *a) <= w) {
+            while q.front().is_some_and(|(a, k, _, _)| (k.frame, *a) <= w) {
                 if let Some(r) = q.pop_front() {
                     self.ready.push(r);
                 }
@@ -1276,11 +1298,14 @@ impl Merger {
             return;
         }
         self.ready
-            .sort_unstable_by_key(|(a, (k, _, _))| (k.frame, *a, k.conn, k.seq));
-        for (_, (_, r, bytes)) in self.ready.drain(..) {
-            match bytes {
-                Some(b) => self.collector.emit_rendered(&r, &b),
-                None => self.collector.emit(&r),
+            .sort_unstable_by_key(|(a, k, _, _)| (k.frame, *a, k.conn, k.seq));
+        for (_, _, item, buf) in self.ready.drain(..) {
+            match item {
+                Item::Bytes { obs, from, to } => {
+                    let b = buf.get(from as usize..to as usize).unwrap_or_default();
+                    self.collector.emit_rendered(&obs, b);
+                }
+                Item::Full(r) => self.collector.emit(&r),
             }
         }
     }

@@ -109,6 +109,53 @@ pub struct ReadStats {
     pub interface_dropped: Option<u64>,
 }
 
+/// What the summary counts of a record: small and without heap data, so that worker
+/// threads can hand it over instead of the record.
+#[derive(Clone, Copy, Debug)]
+pub enum Observed {
+    Finding {
+        kind: Kind,
+        severity: Severity,
+        low: bool,
+        server: SocketAddr,
+    },
+    Exchange {
+        server: SocketAddr,
+        ttfb_ms: Option<f64>,
+    },
+    Connection {
+        server: SocketAddr,
+        start: Ts,
+        end: Ts,
+    },
+}
+
+impl Observed {
+    pub fn of(r: &Record) -> Observed {
+        match r {
+            Record::Finding(f) => Observed::Finding {
+                kind: f.kind,
+                severity: f.severity,
+                low: f.confidence == crate::findings::Confidence::Low,
+                server: f.server,
+            },
+            Record::Exchange(e) => Observed::Exchange {
+                server: e.server,
+                ttfb_ms: e.ttfb_ms,
+            },
+            Record::Connection(c) => Observed::Connection {
+                server: c.server,
+                start: c.start,
+                end: c.end,
+            },
+        }
+    }
+
+    pub fn is_finding(&self) -> bool {
+        matches!(self, Observed::Finding { .. })
+    }
+}
+
 impl ReadStats {
     /// Adds the frame counts of `o` (frames counted elsewhere); live statistics stay.
     pub fn add(&mut self, o: &ReadStats) {
@@ -152,34 +199,44 @@ impl Summary {
     }
 
     pub fn observe(&mut self, r: &Record) {
-        match r {
-            Record::Finding(f) => {
-                *self.findings.entry(f.kind).or_default() += 1;
-                *self.by_severity.entry(f.severity).or_default() += 1;
-                if f.confidence == crate::findings::Confidence::Low {
+        self.note(&Observed::of(r));
+    }
+
+    /// Counts a record written to the output, from what the summary needs of it.
+    pub fn note(&mut self, o: &Observed) {
+        match *o {
+            Observed::Finding {
+                kind,
+                severity,
+                low,
+                server,
+            } => {
+                *self.findings.entry(kind).or_default() += 1;
+                *self.by_severity.entry(severity).or_default() += 1;
+                if low {
                     self.low_confidence += 1;
                 }
-                let b = self.backend(f.server);
-                *b.findings.entry(f.kind).or_default() += 1;
-                match f.severity {
+                let b = self.backend(server);
+                *b.findings.entry(kind).or_default() += 1;
+                match severity {
                     Severity::Error => b.errors += 1,
                     Severity::Warning => b.warnings += 1,
                     Severity::Info => {}
                 }
             }
-            Record::Exchange(e) => {
+            Observed::Exchange { server, ttfb_ms } => {
                 self.exchanges += 1;
-                let b = self.backend(e.server);
+                let b = self.backend(server);
                 b.exchanges += 1;
-                if let Some(ms) = e.ttfb_ms {
+                if let Some(ms) = ttfb_ms {
                     b.ttfb_us.add((ms * 1000.0).round() as u64);
                 }
             }
-            Record::Connection(c) => {
+            Observed::Connection { server, start, end } => {
                 self.connections += 1;
-                self.backend(c.server).connections += 1;
-                self.first_ts = Some(self.first_ts.map_or(c.start, |t| t.min(c.start)));
-                self.last_ts = Some(self.last_ts.map_or(c.end, |t| t.max(c.end)));
+                self.backend(server).connections += 1;
+                self.first_ts = Some(self.first_ts.map_or(start, |t| t.min(start)));
+                self.last_ts = Some(self.last_ts.map_or(end, |t| t.max(end)));
             }
         }
     }

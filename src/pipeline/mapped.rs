@@ -38,15 +38,15 @@ const WINDOW: usize = 512 << 10;
 
 /// Windows indexed ahead of the slowest worker, per worker: enough that nobody waits for
 /// an index, few enough that they are still in the cache when analysed.
-const LOOKAHEAD: usize = 12;
+const LOOKAHEAD: usize = 8;
 
 /// Windows a worker may analyse ahead of the slowest. The writing thread holds the
 /// records of the fastest until the slowest has caught up, so this bounds its memory (a SYN
 /// flood makes two records per frame).
-const MAX_LEAD: usize = 2;
+const MAX_LEAD: usize = 4;
 
 /// The mapping is given back in steps of this many bytes.
-const RELEASE_STEP: usize = 4 << 20;
+const RELEASE_STEP: usize = 16 << 20;
 
 /// What the workers share while reading one mapped file.
 pub(super) struct Job {

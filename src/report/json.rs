@@ -99,9 +99,9 @@ impl<W: Write + Send> Output for JsonLines<W> {
         }))
     }
 
-    fn rendered(&mut self, r: &Record, bytes: &[u8]) -> io::Result<()> {
+    fn rendered(&mut self, finding: bool, bytes: &[u8]) -> io::Result<()> {
         self.w.write_all(bytes)?;
-        self.maybe_flush(matches!(r, Record::Finding(_)))
+        self.maybe_flush(finding)
     }
 
     fn summary(&mut self, s: &Summary) -> io::Result<()> {
