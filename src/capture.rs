@@ -259,8 +259,9 @@ pub(crate) fn prefetch(b: &[u8]) {
 ///
 /// Pages behind the slowest reader are given back ([`Mapped::release`]), so that resident
 /// memory stays small whatever the file size. Like every tool that maps its input (ripgrep,
-/// databases), reading a file that another process truncates at the same time ends the
-/// process with SIGBUS; `--threads 1` reads with `read(2)` instead.
+/// databases), reading a file that another process truncates at the same time faults
+/// (SIGBUS); gatescope then says so and exits with status 2 ([`on_sigbus`]). A pipe
+/// (`cat F | gatescope analyze -`) is read with `read(2)`.
 pub(crate) struct Mapped {
     ptr: *const u8,
     len: usize,
@@ -368,6 +369,31 @@ impl Mapped {
             }
         }
     }
+}
+
+/// A file truncated by another process while mapped faults on the lost pages: instead of
+/// dying silently, say what happened and what to do, and exit with status 2 (only
+/// async-signal-safe calls in the handler).
+fn on_sigbus() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    extern "C" fn handler(_: libc::c_int) {
+        const MSG: &[u8] = b"gatescope: a capture file shrank while it was being read (another process truncated it, e.g. tcpdump -W reusing the name); read such files through a pipe: cat FILE | gatescope analyze -\n";
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; MSG is static.
+        unsafe {
+            libc::write(2, MSG.as_ptr().cast(), MSG.len());
+            libc::_exit(2);
+        }
+    }
+    ONCE.call_once(|| {
+        // SAFETY: installs a handler for SIGBUS; the sigaction struct is fully initialised
+        // (zeroed, then the handler and an empty mask).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = handler as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+        }
+    });
 }
 
 impl Drop for Mapped {
@@ -519,6 +545,7 @@ impl PcapFile {
         if ptr == libc::MAP_FAILED || ptr.is_null() {
             return Err(self);
         }
+        on_sigbus();
         Ok(Mapped {
             ptr: ptr.cast::<u8>().cast_const(),
             len,
