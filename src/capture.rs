@@ -310,25 +310,6 @@ impl Mapped {
         }
     }
 
-    /// Maps the pages of `[from, upto)` in one call (`MADV_POPULATE_READ`) rather than by
-    /// one page fault each as the walk reaches them. A hint: an older kernel ignores it.
-    pub(crate) fn populate(&self, from: usize, upto: usize) {
-        let from = (from / PAGE) * PAGE;
-        let upto = upto.min(self.len);
-        if upto <= from {
-            return;
-        }
-        // SAFETY: a page-aligned start inside the mapping, a length that ends inside it; the
-        // call only maps pages of the file (read-only), or fails.
-        unsafe {
-            libc::madvise(
-                self.ptr.add(from).cast_mut().cast(),
-                upto - from,
-                libc::MADV_POPULATE_READ,
-            );
-        }
-    }
-
     /// Walks every record of the file in order, window by window: `frame(st, ts, captured
     /// bytes, length on the wire)` for each record, `between(st, offset)` after each window
     /// of about [`MAPPED_WINDOW`] bytes (false: stop). Returns the whole records walked, and

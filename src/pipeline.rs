@@ -369,18 +369,11 @@ impl Single {
     fn read_mapped(&mut self, map: Mapped) -> (u64, Option<String>) {
         let link = map.link();
         let mut released = 0usize;
-        // Pages are mapped ahead in one call per step rather than by a fault each, and
-        // given back behind, so that the resident size stays small.
-        let mut populated = 2 * RELEASE_STEP;
-        map.populate(0, populated);
         map.walk(
             self,
             |s, ts, data, len| s.packet(link, ts, data, len),
             |s, off| {
-                if off + RELEASE_STEP > populated {
-                    map.populate(populated, off + 2 * RELEASE_STEP);
-                    populated = off + 2 * RELEASE_STEP;
-                }
+                // Pages behind are given back, so that the resident size stays small.
                 if off >= released + RELEASE_STEP {
                     map.release(released, off);
                     released = off;

@@ -205,8 +205,6 @@ impl Job {
             // No plausible start: indexed again once the true one is known.
             return w;
         };
-        // Its pages mapped in one call rather than by a fault each.
-        self.map.populate(p, hi + PREFETCH_AHEAD);
         let link = self.map.link();
         let file = &self.map.file;
         let mut ahead = p;
