@@ -50,6 +50,7 @@ use crate::time::Ts;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Acquire;
 use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -973,23 +974,38 @@ impl Sharded {
         let mut result: Option<(usize, Box<Indexer>, u64, Option<String>)> = None;
         let mut problem = None;
         let mut done = 0;
+        // Handles a report; 1 if it says a worker is done.
+        let mut take = |me: &mut Sharded, r: Report| match r {
+            Report::Scanned { worker, end } => {
+                match end {
+                    // Every worker counts the same frames: worker 0's count is kept.
+                    Ok((ix, records, stop)) => {
+                        if result.as_ref().is_none_or(|r| worker < r.0) {
+                            result = Some((worker, ix, records, stop));
+                        }
+                    }
+                    Err(e) => problem = Some(e),
+                }
+                1
+            }
+            r => {
+                me.handle(r);
+                0
+            }
+        };
         while done < sent {
             match self.reports.recv() {
-                Ok(Report::Scanned { worker, end }) => {
-                    done += 1;
-                    match end {
-                        // Every worker counts the same frames: worker 0's count is kept.
-                        Ok((ix, records, stop)) => {
-                            if result.as_ref().is_none_or(|r| worker < r.0) {
-                                result = Some((worker, ix, records, stop));
-                            }
-                        }
-                        Err(e) => problem = Some(e),
-                    }
-                }
-                Ok(r) => self.handle(r),
+                Ok(r) => done += take(self, r),
                 Err(_) => break,
             }
+            // How far the workers with nothing to report are (they do not report every
+            // window), read before the queue is drained: whatever a worker reported before
+            // publishing its mark is then in hand.
+            let marks: Vec<u64> = job.marks.iter().map(|m| m.load(Acquire)).collect();
+            while let Ok(r) = self.reports.try_recv() {
+                done += take(self, r);
+            }
+            self.merger.mark(&marks);
             self.merger.release();
             if self.merger.collector.error.is_some() {
                 // Nobody reads the output any more: stop reading.
@@ -1275,6 +1291,13 @@ impl Merger {
                 .map(|(k, item)| (adv, k, item, bytes.clone())),
         );
         *u = (*u).max(upto);
+    }
+
+    /// Worker `w` has no records before frame `marks[w]` still to come.
+    fn mark(&mut self, marks: &[u64]) {
+        for (u, &m) in self.upto.iter_mut().zip(marks) {
+            *u = (*u).max((m, 0));
+        }
     }
 
     /// Writes every record below all watermarks, in key order.

@@ -29,7 +29,7 @@ use crate::summary::ReadStats;
 use crate::time::Ts;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Release, Ordering::SeqCst};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -61,6 +61,10 @@ pub(super) struct Job {
     table: Mutex<Table>,
     changed: Condvar,
     stop: AtomicBool,
+    /// Per worker: a frame before which it has no records left to report. Published after
+    /// every window it has nothing pending for (workers report only every so often), so
+    /// that the writing thread can release the others' records.
+    pub(super) marks: Vec<AtomicU64>,
 }
 
 /// The windows in flight.
@@ -133,6 +137,7 @@ impl Job {
             .seconds_at(map.bytes(), map.data_start)
             .unwrap_or(0);
         let data_start = map.data_start;
+        let before = from.frame;
         Job {
             map,
             from,
@@ -151,6 +156,7 @@ impl Job {
             }),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
+            marks: (0..n).map(|_| AtomicU64::new(before)).collect(),
         }
     }
 
@@ -411,6 +417,11 @@ pub(super) fn run(
                 {
                     job.stop();
                     break;
+                }
+                if out.is_empty() {
+                    if let Some(m) = job.marks.get(id) {
+                        m.store(ix.frame, Release);
+                    }
                 }
                 if last {
                     // Nothing after a damaged record, or past the end.
