@@ -1,39 +1,34 @@
 //! Runs the analysis over a packet source, on one thread or sharded over several.
 //!
-//! Frames travel in [`Chunk`]s: buffers of whole capture records. Classic pcap files (and
-//! standard input carrying one) are read straight into them (see `capture`); frames from
-//! libpcap (live capture, pcapng, BPF filters) are copied into them.
+//! With one thread, the calling thread walks the records (of a mapped file, or of the
+//! [`Chunk`]s read from a pipe or copied from libpcap) and runs the whole chain.
 //!
-//! With one thread, the calling thread reads each chunk, walks it and runs the whole chain.
-//!
-//! With N threads (`--threads N`):
+//! With N threads (`--threads N`), connections are sharded by a symmetric hash of the
+//! 4-tuple (both directions land on the same worker), and each worker runs the flow table,
+//! reassembly, HTTP and findings for its own connections:
 //!
 //! ```text
-//!  reading threads (≤ 4)                 workers (N)                     calling thread
-//!  ─────────────────────                 ───────────                     ──────────────
-//!  read chunk k (pread)  ─ in turn ─►  index chunk k ─┬─► worker 0: its segments ─┐
-//!  read chunk k+R        (the baton)   (frames, ticks,├─► worker 1: its segments ─┼─► merge by
-//!  ...                                  decode once)  └─► ...      (+ JSON lines) ─┘   OrderKey,
-//!                                                                                     write
+//!  mapped file:      worker k mod N indexes window k ─┐
+//!                    (walk, decode once, per-worker   ├─► every worker, every window in
+//!                     segment lists, frame times)     │   order: count frames, tick, analyse
+//!                                                     │   its own segments, render (JSON)
+//!  live, pipe, libpcap: calling thread indexes chunks ┘            │
+//!                                                                   ▼
+//!                              calling thread: merge by OrderKey below every worker's mark, write
 //! ```
 //!
-//! * Reading: each reading thread reads its share of the file's chunks with positioned reads,
-//!   in parallel (the kernel's copy out of the page cache is the largest single cost), then
-//!   waits for its turn to walk the chunk's records and index them: count frames, derive ticks
-//!   from packet time, decode each frame once and put its segment on the list of the worker
-//!   that owns its connection (a symmetric hash of the 4-tuple, so both directions of a
-//!   connection land on the same worker). The turn passes on with the state that crosses
-//!   chunk boundaries (a cut record, frame count, tick schedule, reader statistics). Sources
-//!   that cannot be read at offsets (pipes, libpcap) are indexed by the calling thread.
-//! * Analysis: the indexed chunk is lent, not copied, to every worker; a worker runs the flow
-//!   table, reassembly, HTTP and findings for its own connections only, renders its records
-//!   as JSON lines, and reports how far it got (a watermark). The chunk goes back to a fixed
-//!   pool when the last worker is done with it, so reading waits for the workers instead of
-//!   memory growing with the file.
-//! * Output: every record carries an [`OrderKey`] (frame, connection, sequence); the calling
-//!   thread writes, in key order, the records below every worker's watermark. Ticks happen at
-//!   the same frames for every worker and live advances are ordered as positions of their own,
-//!   so the output is byte-identical to a single thread's whatever the thread count.
+//! * Mapped files (`mapped`): windows are indexed in parallel from guessed record starts,
+//!   each guess checked against the true chain before use.
+//! * Other sources: the calling thread copies or reads frames into chunks, decodes each frame
+//!   once and lends the chunk, with each worker's list of segments, to all workers; chunks
+//!   come from a fixed pool, so reading waits for the workers instead of memory growing.
+//! * Output: every record carries an [`OrderKey`] (frame, connection, sequence); workers
+//!   render their records and hand over the bytes with what the summary counts of them; the
+//!   calling thread writes, in key order, the records below every worker's watermark. Every
+//!   worker counts every frame, so ticks fall on the same frames for all, and live advances
+//!   are ordered as positions of their own: the output is byte-identical to a single
+//!   thread's whatever the thread count (unless `--max-connections` is reached: each worker
+//!   evicts from its own share of the table).
 //!
 //! Time advances only by packet timestamps (and, in live mode, by the capture's read
 //! timeouts): a tick every second of packet time lets connections expire and slow waits be
