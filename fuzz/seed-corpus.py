@@ -191,7 +191,7 @@ def main():
     tmp = tempfile.TemporaryDirectory()
     for i, p in enumerate(pcaps(tmp.name)):
         raw = p.read_bytes()
-        write("pcap", bytes([(0, 1, 9, 4)[i % 4]]) + raw[:MAX_SEED])
+        write("pcap", bytes([(0, 1, 9, 4, 16, 20)[i % 6]]) + raw[:MAX_SEED])
         parsed = pcap_frames(raw)
         if parsed:
             link, frames = parsed

@@ -8,7 +8,7 @@
 //! | harness      | input                                              | checks                                                              |
 //! |--------------|----------------------------------------------------|---------------------------------------------------------------------|
 //! | `pipeline`   | link type, settings, length-prefixed frames        | connection table within its cap, out-of-order bytes within theirs, one connection record per connection |
-//! | `pcap`       | settings byte, then a capture file for libpcap     | no panic, one connection record per connection                      |
+//! | `pcap`       | settings byte, then a capture file                 | no panic, one connection record per connection; with bit 4 of the settings, the same output with 1 and 2 threads (unless a cap was reached) |
 //! | `h1`         | mode, split sizes, one stream for both parsers     | progress on every step, message order, bodies match Content-Length  |
 //! | `session`    | a list of client/server events                     | every exchange written once                                         |
 //! | `reassembly` | a list of segments, ACKs and flushes               | delivered + gap bytes = stream offset, content, FIN once, buffer cap |
@@ -389,9 +389,42 @@ fn flow_table(link: i32, cfg: &Config, inp: &mut Input<'_>) {
 
 static TEMP_FILES: AtomicU64 = AtomicU64::new(0);
 
-/// A capture file through libpcap and the whole analysis.
+/// Output bytes shared with the harness.
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(b);
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The JSON Lines output of `analyze` on `path` (error lines included), and the summary.
+fn json_of(path: &str, cfg: &Config) -> (Vec<u8>, Summary) {
+    let buf = SharedBuf::default();
+    let out = JsonLines::new(buf.clone(), serde_json::Map::new(), false);
+    let mut analyzer = Analyzer::new(cfg, Collector::new(Box::new(out)));
+    let read = capture::read_file(path, None, &mut analyzer);
+    let errors: Vec<String> = read.err().into_iter().collect();
+    let (summary, err) = analyzer.finish(errors.clone());
+    assert!(err.is_none(), "a memory output failed: {err:?}");
+    let mut bytes = buf.0.lock().map(|v| v.clone()).unwrap_or_default();
+    for e in errors {
+        bytes.extend_from_slice(e.as_bytes());
+    }
+    (bytes, summary)
+}
+
+/// A capture file through the readers and the whole analysis.
 ///
-/// Format: settings byte (see `settings`), the limits if it asks for them, then the file.
+/// Format: settings byte (see `settings`; bit 4: compare one thread with two), the limits if
+/// it asks for them, then the file.
 pub fn pcap(data: &[u8]) {
     let mut inp = Input::new(data);
     let bits = inp.u8();
@@ -400,6 +433,29 @@ pub fn pcap(data: &[u8]) {
     let n = TEMP_FILES.fetch_add(1, Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!("gatescope-fuzz-{}-{n}.pcap", std::process::id()));
     if std::fs::write(&path, file).is_err() {
+        return;
+    }
+    if bits & 16 != 0 {
+        // Sharding must not change the output: the mapped file is cut into windows that the
+        // workers index in parallel from guessed record starts.
+        let shown = path.to_string_lossy().into_owned();
+        let (one, s1) = json_of(&shown, &cfg);
+        let two_cfg = Config {
+            threads: 2,
+            ..cfg.clone()
+        };
+        let (two, s2) = json_of(&shown, &two_cfg);
+        let _ = std::fs::remove_file(&path);
+        // A worker evicts from its own share of the tables: then the outputs may differ.
+        let capped = |s: &Summary| s.flow.evicted > 0 || s.flow.ooo_overflows > 0;
+        if !capped(&s1) && !capped(&s2) {
+            assert!(
+                one == two,
+                "--threads 2 differs from --threads 1:\n{}\n---\n{}",
+                String::from_utf8_lossy(&one),
+                String::from_utf8_lossy(&two)
+            );
+        }
         return;
     }
     let counts = Arc::new(Mutex::new(Counts::default()));

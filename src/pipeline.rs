@@ -8,7 +8,7 @@
 //! reassembly, HTTP and findings for its own connections:
 //!
 //! ```text
-//!  mapped file:      worker k mod N indexes window k ─┐
+//!  mapped file:    a free worker indexes window k ───┐
 //!                    (walk, decode once, per-worker   ├─► every worker, every window in
 //!                     segment lists, frame times)     │   order: count frames, tick, analyse
 //!                                                     │   its own segments, render (JSON)

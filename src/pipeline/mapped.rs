@@ -2,8 +2,8 @@
 //!
 //! Walking the records (and decoding each frame's headers) is a stream over the whole file:
 //! a third of the single-thread time, bound by memory bandwidth. So it is split, not
-//! repeated: the file is cut into windows of [`WINDOW`] bytes, and window `k` is indexed by
-//! worker `k mod N` — its records walked, every frame's time noted, each TCP segment
+//! repeated: the file is cut into windows of up to [`WINDOW`] bytes, each indexed by
+//! whichever worker is free — its records walked, every frame's time noted, each TCP segment
 //! decoded once and listed for the worker that owns its connection. Then every worker
 //! goes through all windows in order, counting every frame (so that ticks fall on the same
 //! frames everywhere) and analysing only its own segments.
@@ -33,8 +33,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Release, Ordering::SeqC
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-/// Bytes of the file per window (records are assigned to the window they start in).
+/// Bytes of the file per window (records are assigned to the window they start in), at most:
+/// smaller files get smaller windows, at least 8 per worker, so that they are split too.
 const WINDOW: usize = 512 << 10;
+
+/// The smallest window.
+const MIN_WINDOW: usize = 4 << 10;
 
 /// Windows indexed ahead of the slowest worker, per worker: enough that nobody waits for
 /// an index, few enough that they are still in the cache when analysed.
@@ -54,7 +58,8 @@ pub(super) struct Job {
     /// Frame count, packet time and statistics before the file's first frame.
     from: Indexer,
     workers: usize,
-    /// Windows in the file.
+    /// Bytes per window, and windows in the file.
+    window: usize,
     windows: usize,
     /// The first record's seconds (for guessing where records start).
     first_sec: u32,
@@ -84,10 +89,12 @@ struct Table {
     waiting: usize,
     /// Windows done with, for their buffers.
     spare: Vec<Window>,
+    /// Windows before this one were all taken for indexing (or checked).
+    ahead: usize,
 }
 
 enum Slot {
-    /// Not indexed yet (by worker `k mod N`).
+    /// Not indexed yet.
     Pending,
     /// Being indexed.
     Indexing,
@@ -138,11 +145,15 @@ impl Job {
             .unwrap_or(0);
         let data_start = map.data_start;
         let before = from.frame;
+        let window = (data / (8 * n))
+            .next_multiple_of(MIN_WINDOW)
+            .clamp(MIN_WINDOW, WINDOW);
         Job {
             map,
             from,
             workers: n,
-            windows: data.div_ceil(WINDOW).max(1),
+            window,
+            windows: data.div_ceil(window).max(1),
             first_sec,
             table: Mutex::new(Table {
                 slots: VecDeque::new(),
@@ -153,6 +164,7 @@ impl Job {
                 released: 0,
                 waiting: 0,
                 spare: Vec::new(),
+                ahead: 0,
             }),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -180,7 +192,7 @@ impl Job {
     /// The byte range of window `k`'s record starts.
     fn span(&self, k: usize) -> (usize, usize) {
         let d = self.map.data_start;
-        (d + k * WINDOW, d + (k + 1) * WINDOW)
+        (d + k * self.window, d + (k + 1) * self.window)
     }
 
     /// Indexes window `k` into `w` (a spare), from `start` if known, else from a guess.
@@ -192,8 +204,10 @@ impl Job {
         let mut w = w.unwrap_or_else(|| Window {
             start: 0,
             end: 0,
-            ts: Vec::with_capacity(WINDOW / 256),
-            segs: (0..n).map(|_| Vec::with_capacity(WINDOW / 256)).collect(),
+            ts: Vec::with_capacity(self.window / 256),
+            segs: (0..n)
+                .map(|_| Vec::with_capacity(self.window / 256))
+                .collect(),
             read: ReadStats::default(),
             records: 0,
             problem: None,
@@ -338,8 +352,6 @@ pub(super) fn run(
     let mut records = 0u64;
     let mut problem = None;
     let mut analysed = 0u32;
-    // The next window this worker indexes (its own: k mod N == id).
-    let mut own = id;
     loop {
         let step = {
             let mut t = job.lock();
@@ -359,27 +371,30 @@ pub(super) fn run(
                         break Step::Analyse(next, w.clone());
                     }
                 }
-                // The window everyone waits for, if it is this worker's to index.
+                // The window everyone waits for: whoever is free indexes it from its true
+                // start.
                 let c = t.checked;
-                if c % n == id {
-                    let exact = t.checked_end;
-                    if let Some(s @ (Slot::Pending | Slot::Redo)) = t.slot(c) {
-                        *s = Slot::Indexing;
-                        break Step::Index(c, Some(exact), t.spare.pop().map(Box::new));
-                    }
+                let exact = t.checked_end;
+                if let Some(s @ (Slot::Pending | Slot::Redo)) = t.slot(c) {
+                    *s = Slot::Indexing;
+                    break Step::Index(c, Some(exact), t.spare.pop().map(Box::new));
                 }
-                while own < t.checked || !matches!(t.slot(own), Some(Slot::Pending) | None) {
-                    if own >= job.windows {
+                // Else the next window nobody took, within the lookahead: taken by whoever is
+                // free, so a worker with fewer connections to analyse indexes more.
+                let limit = (t.slowest() + LOOKAHEAD * n).min(job.windows);
+                while t.ahead < limit {
+                    let k = t.ahead;
+                    if matches!(t.slot(k), Some(Slot::Pending)) {
                         break;
                     }
-                    own += n;
+                    t.ahead += 1;
                 }
-                if own < job.windows && own < t.slowest() + LOOKAHEAD * n {
-                    let k = own;
+                if t.ahead < limit {
+                    let k = t.ahead;
+                    t.ahead += 1;
                     if let Some(s) = t.slot(k) {
                         *s = Slot::Indexing;
                     }
-                    own += n;
                     break Step::Index(k, None, t.spare.pop().map(Box::new));
                 }
                 t.waiting += 1;
@@ -518,19 +533,5 @@ fn forget(job: &Job, id: usize, next: usize) {
     drop(t);
     if let Some((from, upto)) = release {
         job.map.release(from, upto);
-    }
-}
-
-#[cfg(test)]
-mod test {
-    use super::*;
-
-    #[test]
-    fn windows_cover_the_file() {
-        // The span of window k starts where k-1's ends.
-        let spans: Vec<(usize, usize)> = (0..3)
-            .map(|k| (24 + k * WINDOW, 24 + (k + 1) * WINDOW))
-            .collect();
-        assert_eq!(spans[0].1, spans[1].0);
     }
 }
