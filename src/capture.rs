@@ -193,14 +193,7 @@ pub(crate) fn record_in(fmt: RecFormat, b: &[u8], off: usize) -> Option<(Ts, &[u
             nanos,
             snapshot,
         } => {
-            let rd = |i: usize| {
-                let w = [h[i], h[i + 1], h[i + 2], h[i + 3]];
-                if big_endian {
-                    u32::from_be_bytes(w)
-                } else {
-                    u32::from_le_bytes(w)
-                }
-            };
+            let rd = |i: usize| u32_in(h, i, big_endian);
             let (sec, frac, caplen, len) = (rd(0), rd(4), rd(8), rd(12));
             let end = start + caplen as usize;
             let data = b.get(start..end)?;
@@ -215,6 +208,17 @@ pub(crate) fn record_in(fmt: RecFormat, b: &[u8], off: usize) -> Option<(Ts, &[u
             let end = start + caplen as usize;
             Some((Ts(ts), b.get(start..end)?, len, end))
         }
+    }
+}
+
+/// The 4 bytes of `h` at `i` (which the caller has checked are there) in a file's byte order.
+#[inline(always)]
+fn u32_in(h: &[u8], i: usize, big_endian: bool) -> u32 {
+    let w = [h[i], h[i + 1], h[i + 2], h[i + 3]];
+    if big_endian {
+        u32::from_be_bytes(w)
+    } else {
+        u32::from_le_bytes(w)
     }
 }
 
@@ -451,14 +455,7 @@ impl PcapFile {
                 u16::from_le_bytes(w)
             }
         };
-        let u32_at = |i: usize| {
-            let w = [hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]];
-            if big_endian {
-                u32::from_be_bytes(w)
-            } else {
-                u32::from_le_bytes(w)
-            }
-        };
+        let u32_at = |i: usize| u32_in(hdr, i, big_endian);
         // Older versions may swap the two lengths; link types with extension bits (FCS
         // length) need libpcap's interpretation.
         let (major, minor, snaplen, lt) = (u16_at(4), u16_at(6), u32_at(16), u32_at(20));
@@ -535,14 +532,19 @@ impl PcapFile {
         })
     }
 
-    fn caplen(&self, h: &[u8]) -> u32 {
-        let w = [h[8], h[9], h[10], h[11]];
-        match self.fmt {
+    fn big_endian(&self) -> bool {
+        matches!(
+            self.fmt,
             RecFormat::Pcap {
-                big_endian: true, ..
-            } => u32::from_be_bytes(w),
-            _ => u32::from_le_bytes(w),
-        }
+                big_endian: true,
+                ..
+            }
+        )
+    }
+
+    /// The captured length in record header `h` (16 bytes).
+    fn caplen(&self, h: &[u8]) -> u32 {
+        u32_in(h, 8, self.big_endian())
     }
 
     /// Whole records at the start of `b`: their length, and the problem if a record header
@@ -635,13 +637,7 @@ impl PcapFile {
     /// The seconds of the record at `p`, if a whole header is there.
     pub(crate) fn seconds_at(&self, b: &[u8], p: usize) -> Option<u32> {
         let h = b.get(p..p + 4)?;
-        let w = [h[0], h[1], h[2], h[3]];
-        Some(match self.fmt {
-            RecFormat::Pcap {
-                big_endian: true, ..
-            } => u32::from_be_bytes(w),
-            _ => u32::from_le_bytes(w),
-        })
+        Some(u32_in(h, 0, self.big_endian()))
     }
 
     /// A guess at the first record boundary at or after `from` (before `upto`) in `b`, the
@@ -666,14 +662,7 @@ impl PcapFile {
             } => (big_endian, nanos, snapshot),
             RecFormat::Native => return None,
         };
-        let rd = |h: &[u8], i: usize| {
-            let w = [h[i], h[i + 1], h[i + 2], h[i + 3]];
-            if big_endian {
-                u32::from_be_bytes(w)
-            } else {
-                u32::from_le_bytes(w)
-            }
-        };
+        let rd = |h: &[u8], i: usize| u32_in(h, i, big_endian);
         let frac_max = if nanos { 1_000_000_000 } else { 1_000_000 };
         let plausible = |p: usize| -> Option<usize> {
             let h = b.get(p..p + REC_HDR)?;

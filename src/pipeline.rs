@@ -426,18 +426,55 @@ impl Index {
 /// A decoded TCP segment whose payload is in the chunk.
 #[derive(Clone, Copy)]
 struct SegInfo {
+    /// The frame's number (in a mapped file's window: its place in the window).
     frame: u64,
     ts: Ts,
     src: SocketAddr,
     dst: SocketAddr,
     seq: u32,
     ack: u32,
-    /// Payload: offset in the chunk and length.
-    at: u32,
+    /// Payload: offset in the bytes the frame is in (chunk or mapped file), and length.
+    at: usize,
     len: u32,
     missing: u32,
     window: u16,
     flags: u8,
+}
+
+impl SegInfo {
+    /// `seg`, whose payload is a part of `base`, as frame `frame`.
+    fn new(frame: u64, ts: Ts, seg: &Segment, base: &[u8]) -> SegInfo {
+        SegInfo {
+            frame,
+            ts,
+            src: seg.src,
+            dst: seg.dst,
+            seq: seg.seq,
+            ack: seg.ack,
+            at: (seg.payload.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize),
+            // A payload is part of one frame: far below 4 GiB.
+            len: seg.payload.len() as u32,
+            missing: seg.missing,
+            window: seg.window,
+            flags: seg.flags.0,
+        }
+    }
+
+    /// The segment again, its payload found in `base`.
+    fn segment<'a>(&self, base: &'a [u8]) -> Segment<'a> {
+        Segment {
+            src: self.src,
+            dst: self.dst,
+            seq: self.seq,
+            ack: self.ack,
+            flags: Flags(self.flags),
+            window: self.window,
+            payload: base
+                .get(self.at..self.at.saturating_add(self.len as usize))
+                .unwrap_or_default(),
+            missing: self.missing,
+        }
+    }
 }
 
 /// A chunk and its index: what the workers share. Pooled.
@@ -643,25 +680,9 @@ impl Indexer {
             return;
         };
         let w = self.shard(&seg) as usize;
-        // The payload is a part of the chunk (`data` is).
-        let at = (seg.payload.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
-        let (Ok(at), Ok(plen)) = (u32::try_from(at), u32::try_from(seg.payload.len())) else {
-            return;
-        };
         if let Some(v) = ix.segs.get_mut(w) {
-            v.push(SegInfo {
-                frame: self.frame,
-                ts,
-                src: seg.src,
-                dst: seg.dst,
-                seq: seg.seq,
-                ack: seg.ack,
-                at,
-                len: plen,
-                missing: seg.missing,
-                window: seg.window,
-                flags: seg.flags.0,
-            });
+            // The payload is a part of the chunk (`data` is).
+            v.push(SegInfo::new(self.frame, ts, &seg, base));
         }
     }
 
@@ -1144,19 +1165,7 @@ fn worker(
                         ticks.next();
                         tick(&mut flow, ts, frame, &mut out);
                     }
-                    let payload = bytes
-                        .get(m.at as usize..m.at as usize + m.len as usize)
-                        .unwrap_or_default();
-                    let seg = Segment {
-                        src: m.src,
-                        dst: m.dst,
-                        seq: m.seq,
-                        ack: m.ack,
-                        flags: Flags(m.flags),
-                        window: m.window,
-                        payload,
-                        missing: m.missing,
-                    };
+                    let seg = m.segment(bytes);
                     let mut ctx = Ctx {
                         ts: m.ts,
                         frame: m.frame,

@@ -19,16 +19,14 @@
 //! worker, windows all workers are done with are dropped, and the pages behind them are
 //! given back to the kernel ([`Mapped::release`]).
 
-use super::{classify, tick, Indexer, Pos, Report, ScanEnd, REPORT_RECORDS};
+use super::{classify, tick, Indexer, Pos, Report, ScanEnd, SegInfo, REPORT_RECORDS};
 use crate::capture::{prefetch, Mapped, PREFETCH_AHEAD};
-use crate::decode::{Flags, Segment};
 use crate::flow::FlowTable;
 use crate::record::{OrderKey, Record};
 use crate::session::Ctx;
 use crate::summary::ReadStats;
 use crate::time::Ts;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Release, Ordering::SeqCst};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -112,27 +110,12 @@ struct Window {
     /// The time of every frame, in order.
     ts: Vec<Ts>,
     /// Per worker: the TCP segments of its connections.
-    segs: Vec<Vec<Seg>>,
+    segs: Vec<Vec<SegInfo>>,
     /// Counts for these frames.
     read: ReadStats,
     records: u64,
     /// The walk stopped in this window (damaged or cut record): the file ends here.
     problem: Option<String>,
-}
-
-/// A decoded TCP segment whose payload is in the mapping.
-struct Seg {
-    /// The frame's place in its window.
-    i: u32,
-    src: SocketAddr,
-    dst: SocketAddr,
-    seq: u32,
-    ack: u32,
-    at: usize,
-    len: u32,
-    missing: u32,
-    window: u16,
-    flags: u8,
 }
 
 impl Job {
@@ -243,7 +226,7 @@ impl Job {
                     break;
                 }
             };
-            let i = w.ts.len() as u32;
+            let i = w.ts.len() as u64;
             w.ts.push(ts);
             w.records += 1;
             p = next;
@@ -251,20 +234,8 @@ impl Job {
                 continue;
             };
             let owner = (super::shard_hash(&seg.src, &seg.dst) % n as u64) as usize;
-            let at = (seg.payload.as_ptr() as usize).wrapping_sub(b.as_ptr() as usize);
             if let Some(v) = w.segs.get_mut(owner) {
-                v.push(Seg {
-                    i,
-                    src: seg.src,
-                    dst: seg.dst,
-                    seq: seg.seq,
-                    ack: seg.ack,
-                    at,
-                    len: seg.payload.len() as u32,
-                    missing: seg.missing,
-                    window: seg.window,
-                    flags: seg.flags.0,
-                });
+                v.push(SegInfo::new(i, ts, &seg, b));
             }
         }
         w.end = p;
@@ -472,18 +443,8 @@ fn analyse(
         if ix.count(ts) {
             tick(flow, ts, ix.frame, out);
         }
-        while let Some(m) = segs.next_if(|m| m.i as usize == i) {
-            let payload = b.get(m.at..m.at + m.len as usize).unwrap_or_default();
-            let seg = Segment {
-                src: m.src,
-                dst: m.dst,
-                seq: m.seq,
-                ack: m.ack,
-                flags: Flags(m.flags),
-                window: m.window,
-                payload,
-                missing: m.missing,
-            };
+        while let Some(m) = segs.next_if(|m| m.frame == i as u64) {
+            let seg = m.segment(b);
             let mut ctx = Ctx {
                 ts,
                 frame: ix.frame,
