@@ -362,3 +362,45 @@ fn a_damaged_record_stops_every_reader_at_the_same_record() {
         }
     }
 }
+
+/// Capture files are mapped: one that another process truncates while it is being read (a
+/// `tcpdump -C -W` ring reusing the name) must end the run with a message, not a bare
+/// SIGBUS. gatescope is held still by a full stdout pipe while the file shrinks.
+#[test]
+fn a_file_truncated_while_it_is_read_ends_with_a_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for threads in ["1", "2"] {
+        // Large enough that, with the writing thread stuck on the pipe, the workers' queues
+        // (a few batches of records each) fill before they reach the end of the file.
+        let path = dir.path().join(format!("shrinking-{threads}.pcap"));
+        let gen = Command::new(env!("CARGO_BIN_EXE_gatescope-gen"))
+            .args(["bulk", "--out"])
+            .arg(&path)
+            .args(["--size", "150000000", "--seed", "21"])
+            .output()
+            .expect("run gatescope-gen");
+        assert!(gen.status.success());
+        let child = Command::new(bin())
+            .args(["analyze", "--format", "json", "--threads", threads])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // Megabytes of JSON Lines: the pipe fills long before the end of the file.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        f.set_len(100_000).expect("truncate");
+        let out = child.wait_with_output().expect("wait");
+        let _ = std::fs::remove_file(&path);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--threads {threads}: {err}");
+        assert!(
+            err.contains("shrank while it was being read") && err.contains("cat FILE |"),
+            "--threads {threads}: {err}"
+        );
+    }
+}
