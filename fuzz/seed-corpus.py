@@ -195,7 +195,7 @@ def main():
         parsed = pcap_frames(raw)
         if parsed:
             link, frames = parsed
-            for settings in (0x00, 0x11, 0x01, 0x10):
+            for settings in (0x00, 0x11, 0x01, 0x10, 0x20, 0x24):
                 s = pipeline_seed(link, frames, settings)
                 if s:
                     write("pipeline", s)

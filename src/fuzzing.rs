@@ -7,7 +7,7 @@
 //!
 //! | harness      | input                                              | checks                                                              |
 //! |--------------|----------------------------------------------------|---------------------------------------------------------------------|
-//! | `pipeline`   | link type, settings, length-prefixed frames        | connection table within its cap, out-of-order bytes within theirs, one connection record per connection |
+//! | `pipeline`   | link type, settings, length-prefixed frames        | connection table within its cap, out-of-order bytes within theirs, one connection record per connection; with bit 5 of the settings, the same output with 1 and 2 threads (unless a cap was reached) |
 //! | `pcap`       | settings byte, then a capture file                 | no panic, one connection record per connection; with bit 4 of the settings, the same output with 1 and 2 threads (unless a cap was reached) |
 //! | `h1`         | mode, split sizes, one stream for both parsers     | progress on every step, message order, bodies match Content-Length  |
 //! | `session`    | a list of client/server events                     | every exchange written once                                         |
@@ -286,6 +286,10 @@ pub fn pipeline(data: &[u8]) {
         flow_table(link, &cfg, &mut inp);
         return;
     }
+    if bits & 0x20 != 0 {
+        threads_agree(link, &cfg, &mut inp);
+        return;
+    }
     let counts = Arc::new(Mutex::new(Counts::default()));
     let out = NullOutput::new(table, counts.clone());
     let mut analyzer = Analyzer::new(&cfg, Collector::new(Box::new(out)));
@@ -310,6 +314,56 @@ pub fn pipeline(data: &[u8]) {
         written, summary.flow.connections,
         "every connection is written once"
     );
+}
+
+/// The same frames and read timeouts through one thread and through two (the path live
+/// capture takes: frames copied into chunks, indexed by the reading thread): the same
+/// output, unless a cap was reached (each worker has its share of the tables).
+fn threads_agree(link: i32, cfg: &Config, inp: &mut Input<'_>) {
+    // (time, the frame and its length on the wire; none: a read timeout)
+    type Event = (i64, Option<(Vec<u8>, u32)>);
+    let mut events: Vec<Event> = Vec::new();
+    let mut t = T0;
+    while !inp.is_empty() {
+        let f = next_frame(inp);
+        t = t.saturating_add(f.dt);
+        if f.advance {
+            events.push((t, None));
+        } else {
+            let orig = (f.data.len() as u32).saturating_add(f.cut);
+            events.push((t, Some((f.data.to_vec(), orig))));
+        }
+    }
+    let run = |threads: usize| {
+        let buf = SharedBuf::default();
+        let out = JsonLines::new(buf.clone(), serde_json::Map::new(), false);
+        let cfg = Config {
+            threads,
+            ..cfg.clone()
+        };
+        let mut analyzer = Analyzer::new(&cfg, Collector::new(Box::new(out)));
+        for (t, e) in &events {
+            match e {
+                None => analyzer.advance(Ts(*t)),
+                Some((data, orig)) => analyzer.packet(link, Ts(*t), data, *orig),
+            }
+        }
+        let (summary, err) = analyzer.finish(Vec::new());
+        assert!(err.is_none(), "a memory output failed: {err:?}");
+        let bytes = buf.0.lock().map(|v| v.clone()).unwrap_or_default();
+        (bytes, summary)
+    };
+    let (one, s1) = run(1);
+    let (two, s2) = run(2);
+    let capped = |s: &Summary| s.flow.evicted > 0 || s.flow.ooo_overflows > 0;
+    if !capped(&s1) && !capped(&s2) {
+        assert!(
+            one == two,
+            "--threads 2 differs from --threads 1:\n{}\n---\n{}",
+            String::from_utf8_lossy(&one),
+            String::from_utf8_lossy(&two)
+        );
+    }
 }
 
 /// The connection table driven as `pipeline::Single` drives it, with its bounds checked after
