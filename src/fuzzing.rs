@@ -355,15 +355,7 @@ fn threads_agree(link: i32, cfg: &Config, inp: &mut Input<'_>) {
     };
     let (one, s1) = run(1);
     let (two, s2) = run(2);
-    let capped = |s: &Summary| s.flow.evicted > 0 || s.flow.ooo_overflows > 0;
-    if !capped(&s1) && !capped(&s2) {
-        assert!(
-            one == two,
-            "--threads 2 differs from --threads 1:\n{}\n---\n{}",
-            String::from_utf8_lossy(&one),
-            String::from_utf8_lossy(&two)
-        );
-    }
+    assert_threads_agree((&one, &s1), (&two, &s2));
 }
 
 /// The connection table driven as `pipeline::Single` drives it, with its bounds checked after
@@ -443,6 +435,20 @@ fn flow_table(link: i32, cfg: &Config, inp: &mut Input<'_>) {
 
 static TEMP_FILES: AtomicU64 = AtomicU64::new(0);
 
+/// One thread's output and two threads' are the same, unless a cap was reached: a worker
+/// evicts from its own share of the tables, and then the outputs may differ.
+fn assert_threads_agree(one: (&[u8], &Summary), two: (&[u8], &Summary)) {
+    let capped = |s: &Summary| s.flow.evicted > 0 || s.flow.ooo_overflows > 0;
+    if !capped(one.1) && !capped(two.1) {
+        assert!(
+            one.0 == two.0,
+            "--threads 2 differs from --threads 1:\n{}\n---\n{}",
+            String::from_utf8_lossy(one.0),
+            String::from_utf8_lossy(two.0)
+        );
+    }
+}
+
 /// Output bytes shared with the harness.
 #[derive(Clone, Default)]
 struct SharedBuf(Arc<Mutex<Vec<u8>>>);
@@ -500,16 +506,7 @@ pub fn pcap(data: &[u8]) {
         };
         let (two, s2) = json_of(&shown, &two_cfg);
         let _ = std::fs::remove_file(&path);
-        // A worker evicts from its own share of the tables: then the outputs may differ.
-        let capped = |s: &Summary| s.flow.evicted > 0 || s.flow.ooo_overflows > 0;
-        if !capped(&s1) && !capped(&s2) {
-            assert!(
-                one == two,
-                "--threads 2 differs from --threads 1:\n{}\n---\n{}",
-                String::from_utf8_lossy(&one),
-                String::from_utf8_lossy(&two)
-            );
-        }
+        assert_threads_agree((&one, &s1), (&two, &s2));
         return;
     }
     let counts = Arc::new(Mutex::new(Counts::default()));

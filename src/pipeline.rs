@@ -240,12 +240,32 @@ fn classify<'a>(
     }
 }
 
+/// When ticks fall: the first packet time at least [`TICK_US`] after the previous tick (or
+/// after the first packet). Every thread that counts frames keeps one, and they all agree.
+#[derive(Clone, Copy, Default)]
+struct TickClock(Option<Ts>);
+
+impl TickClock {
+    /// Packet time is now `ts`: true if a tick is due.
+    #[inline]
+    fn due(&mut self, ts: Ts) -> bool {
+        let due = match self.0 {
+            None => false,
+            Some(t) => ts >= t,
+        };
+        if due || self.0.is_none() {
+            self.0 = Some(Ts(ts.0.saturating_add(TICK_US)));
+        }
+        due
+    }
+}
+
 /// The analysis of every frame on one thread: frame count, packet time and ticks, the
 /// connection table. Records collect in `out`.
 struct Engine {
     flow: FlowTable,
     out: Vec<(OrderKey, Record)>,
-    next_tick: Option<Ts>,
+    ticks: TickClock,
     frame: u64,
     last_ts: Ts,
     read: ReadStats,
@@ -256,7 +276,7 @@ impl Engine {
         Engine {
             flow: FlowTable::new(cfg.limits.clone(), cfg.backends.clone(), 1),
             out: Vec::with_capacity(64),
-            next_tick: None,
+            ticks: TickClock::default(),
             frame: 0,
             last_ts: Ts(0),
             read: ReadStats::default(),
@@ -264,19 +284,8 @@ impl Engine {
     }
 
     fn maybe_tick(&mut self, ts: Ts, key_frame: u64) {
-        match self.next_tick {
-            None => self.next_tick = Some(Ts(ts.0.saturating_add(TICK_US))),
-            Some(t) if ts >= t => {
-                let mut ctx = Ctx {
-                    ts,
-                    frame: key_frame,
-                    key_frame,
-                    out: &mut self.out,
-                };
-                self.flow.tick(ts, &mut ctx);
-                self.next_tick = Some(Ts(ts.0.saturating_add(TICK_US)));
-            }
-            Some(_) => {}
+        if self.ticks.due(ts) {
+            tick(&mut self.flow, ts, key_frame, &mut self.out);
         }
     }
 
@@ -659,7 +668,7 @@ type ScanEnd = (Box<Indexer>, u64, Option<String>);
 struct Indexer {
     frame: u64,
     last_ts: Ts,
-    next_tick: Option<Ts>,
+    ticks: TickClock,
     /// Effective live advances since the last frame.
     adv: u32,
     read: ReadStats,
@@ -692,17 +701,7 @@ impl Indexer {
         self.frame += 1;
         self.adv = 0;
         self.last_ts = self.last_ts.max(ts);
-        match self.next_tick {
-            None => {
-                self.next_tick = Some(Ts(ts.0.saturating_add(TICK_US)));
-                false
-            }
-            Some(t) if ts >= t => {
-                self.next_tick = Some(Ts(ts.0.saturating_add(TICK_US)));
-                true
-            }
-            Some(_) => false,
-        }
+        self.ticks.due(ts)
     }
 
     /// The worker that analyses the connection of `seg`.
@@ -945,17 +944,7 @@ impl Sharded {
         let ix = &mut self.indexer;
         if now > ix.last_ts {
             ix.last_ts = now;
-            let tick = match ix.next_tick {
-                None => {
-                    ix.next_tick = Some(Ts(now.0.saturating_add(TICK_US)));
-                    false
-                }
-                Some(t) if now >= t => {
-                    ix.next_tick = Some(Ts(now.0.saturating_add(TICK_US)));
-                    true
-                }
-                Some(_) => false,
-            };
+            let tick = ix.ticks.due(now);
             ix.adv += 1;
             let upto = (ix.frame, ix.adv);
             for w in &self.workers {
