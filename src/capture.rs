@@ -184,7 +184,7 @@ impl Chunk {
 /// captured bytes, length on the wire, and the offset of the next record. `None` past the
 /// last whole record.
 #[inline]
-pub(crate) fn record_in(fmt: RecFormat, b: &[u8], off: usize) -> Option<(Ts, &[u8], u32, usize)> {
+fn record_in(fmt: RecFormat, b: &[u8], off: usize) -> Option<(Ts, &[u8], u32, usize)> {
     let h = b.get(off..off + REC_HDR)?;
     let start = off + REC_HDR;
     match fmt {
@@ -244,11 +244,11 @@ enum Fill {
 }
 
 /// How far ahead of a walk through freshly read records their bytes are prefetched.
-pub(crate) const PREFETCH_AHEAD: usize = 8 << 10;
+const PREFETCH_AHEAD: usize = 8 << 10;
 
 /// Starts loading the cache line of `b[0]`.
 #[inline(always)]
-pub(crate) fn prefetch(b: &[u8]) {
+fn prefetch(b: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it reads nothing architecturally and cannot fault.
     unsafe {
@@ -314,45 +314,68 @@ impl Mapped {
         }
     }
 
+    /// The records that start in `[from, upto)`, `from` being a record's start: each passed
+    /// to `f(ts, captured bytes, length on the wire)`. Returns where the next record starts,
+    /// the records walked, and the problem that ends the file there (a cut or damaged
+    /// record), if any.
+    #[inline]
+    pub(crate) fn records(
+        &self,
+        from: usize,
+        upto: usize,
+        mut f: impl FnMut(Ts, &[u8], u32),
+    ) -> (usize, u64, Option<String>) {
+        let b = self.bytes();
+        let (mut p, mut n) = (from, 0u64);
+        let mut ahead = p;
+        while p < upto {
+            // Each header's place comes from the one before: a chain of cache misses,
+            // unless the lines ahead are already on their way.
+            while ahead < (p + PREFETCH_AHEAD).min(b.len()) {
+                if let Some(at) = b.get(ahead..) {
+                    prefetch(at);
+                }
+                ahead += 64;
+            }
+            match self.file.record(b, p) {
+                Ok(Some((ts, data, len, next))) => {
+                    f(ts, data, len);
+                    n += 1;
+                    p = next;
+                }
+                Ok(None) => break,
+                Err(e) => return (p, n, Some(e)),
+            }
+        }
+        (p, n, None)
+    }
+
     /// Walks every record of the file in order, window by window: `frame(st, ts, captured
     /// bytes, length on the wire)` for each record, `between(st, offset)` after each window
-    /// of about [`MAPPED_WINDOW`] bytes (false: stop). Returns the whole records walked, and
-    /// the problem that stopped the walk (a cut or damaged record), if any.
+    /// of about [`MAPPED_WINDOW`] bytes (false: stop). Returns the records walked, and the
+    /// problem that stopped the walk (a cut or damaged record), if any.
     pub(crate) fn walk<S>(
         &self,
         st: &mut S,
         mut frame: impl FnMut(&mut S, Ts, &[u8], u32),
         mut between: impl FnMut(&mut S, usize) -> bool,
     ) -> (u64, Option<String>) {
-        let b = self.bytes();
-        let mut off = self.data_start;
-        let mut records = 0u64;
-        loop {
-            let rest = b.get(off..).unwrap_or_default();
-            if rest.is_empty() {
-                return (records, None);
-            }
-            let w = rest.get(..MAPPED_WINDOW).unwrap_or(rest);
-            let mut f = |ts: Ts, data: &[u8], len: u32| frame(st, ts, data, len);
-            let (mut pos, mut n, mut damaged) = self.file.walk_records(w, &mut f);
-            if pos == 0 && damaged.is_none() && w.len() < rest.len() {
-                // A record larger than the window: it fits in the largest record's size.
-                let w = rest.get(..CARRY_ROOM).unwrap_or(rest);
-                (pos, n, damaged) = self.file.walk_records(w, &mut f);
-            }
+        let end = self.bytes().len();
+        let (mut off, mut records) = (self.data_start, 0u64);
+        while off < end {
+            let upto = off.saturating_add(MAPPED_WINDOW);
+            let (next, n, problem) =
+                self.records(off, upto, |ts, data, len| frame(st, ts, data, len));
             records += n;
-            off += pos;
-            if damaged.is_some() {
-                return (records, damaged);
-            }
-            if pos == 0 {
-                // Not one whole record left: the file ends inside one.
-                return (records, Some(self.file.cut_record(rest)));
+            off = next;
+            if problem.is_some() {
+                return (records, problem);
             }
             if !between(st, off) {
-                return (records, None);
+                break;
             }
         }
+        (records, None)
     }
 }
 
@@ -557,18 +580,7 @@ impl PcapFile {
 
     /// Whole records at the start of `b`: their length, their number, and the problem if a
     /// record header is damaged (the records before it are whole).
-    pub(crate) fn whole_records(&self, b: &[u8]) -> (usize, u64, Option<String>) {
-        self.walk_records(b, |_, _, _| {})
-    }
-
-    /// [`PcapFile::whole_records`], calling `f(ts, captured bytes, length on the wire)` for
-    /// each whole record on the way (one pass over the headers instead of two).
-    #[inline]
-    pub(crate) fn walk_records(
-        &self,
-        b: &[u8],
-        mut f: impl FnMut(Ts, &[u8], u32),
-    ) -> (usize, u64, Option<String>) {
+    fn whole_records(&self, b: &[u8]) -> (usize, u64, Option<String>) {
         let mut pos = 0usize;
         let mut n = 0u64;
         let mut ahead = 0usize;
@@ -588,9 +600,6 @@ impl PcapFile {
             if end > b.len() {
                 break;
             }
-            if let Some((ts, data, len, _)) = record_in(self.fmt, b, pos) {
-                f(ts, data, len);
-            }
             pos = end;
             n += 1;
         }
@@ -602,7 +611,7 @@ impl PcapFile {
     /// libpcap's words for a damaged or cut record.
     #[inline]
     #[allow(clippy::type_complexity)]
-    pub(crate) fn record<'a>(
+    fn record<'a>(
         &self,
         b: &'a [u8],
         p: usize,
@@ -691,7 +700,7 @@ impl PcapFile {
     }
 
     /// What is wrong with a file that ends with `tail`, the start of a record.
-    pub(crate) fn cut_record(&self, tail: &[u8]) -> String {
+    fn cut_record(&self, tail: &[u8]) -> String {
         match tail.len() {
             n if n < REC_HDR => {
                 format!("truncated dump file; tried to read {REC_HDR} header bytes, only got {n}")

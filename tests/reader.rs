@@ -10,6 +10,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// The JSON lines of a run but the summary (its input error line names the file).
+fn body(o: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(o)
+        .lines()
+        .filter(|l| !l.contains("\"type\":\"summary\""))
+        .map(str::to_string)
+        .collect()
+}
+
 fn run_file(files: &[PathBuf], extra: &[&str]) -> (Option<i32>, Vec<u8>, String) {
     let out = Command::new(bin())
         .arg("analyze")
@@ -296,13 +305,6 @@ fn a_cut_record_is_reported_alike_by_both_readers() {
                 stdin.2
             );
             // Everything but the summary's input error line (it names the file) is equal.
-            let body = |o: &[u8]| {
-                String::from_utf8_lossy(o)
-                    .lines()
-                    .filter(|l| !l.contains("\"type\":\"summary\""))
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            };
             assert_eq!(body(&file.1), body(&stdin.1), "cut at {cut}, --threads {t}");
         }
     }
@@ -348,13 +350,6 @@ fn a_damaged_record_stops_every_reader_at_the_same_record() {
                 "{}",
                 file.2
             );
-            let body = |o: &[u8]| {
-                String::from_utf8_lossy(o)
-                    .lines()
-                    .filter(|l| !l.contains("\"type\":\"summary\""))
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            };
             assert!(
                 body(&file.1) == body(&stdin.1),
                 "record {at}, --threads {t}"

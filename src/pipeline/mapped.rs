@@ -20,7 +20,7 @@
 //! given back to the kernel ([`Mapped::release`]).
 
 use super::{classify, tick, Indexer, Pos, Report, ScanEnd, SegInfo, REPORT_RECORDS};
-use crate::capture::{prefetch, Mapped, PREFETCH_AHEAD};
+use crate::capture::Mapped;
 use crate::flow::FlowTable;
 use crate::record::{OrderKey, Record};
 use crate::session::Ctx;
@@ -204,41 +204,26 @@ impl Job {
         w.read = ReadStats::default();
         w.records = 0;
         w.problem = None;
-        let Some(mut p) = start else {
+        let Some(p) = start else {
             // No plausible start: indexed again once the true one is known.
             return w;
         };
         let link = self.map.link();
-        let file = &self.map.file;
-        let mut ahead = p;
-        while p < hi {
-            while ahead < (p + PREFETCH_AHEAD).min(b.len()) {
-                if let Some(at) = b.get(ahead..) {
-                    prefetch(at);
-                }
-                ahead += 64;
-            }
-            let (ts, data, len, next) = match file.record(b, p) {
-                Ok(Some(r)) => r,
-                Ok(None) => break,
-                Err(e) => {
-                    w.problem = Some(e);
-                    break;
-                }
-            };
-            let i = w.ts.len() as u64;
-            w.ts.push(ts);
-            w.records += 1;
-            p = next;
-            let Some(seg) = classify(&mut w.read, link, data, len) else {
-                continue;
+        let (segs, read, ts_of) = (&mut w.segs, &mut w.read, &mut w.ts);
+        let (end, records, problem) = self.map.records(p, hi, |ts, data, len| {
+            let i = ts_of.len() as u64;
+            ts_of.push(ts);
+            let Some(seg) = classify(read, link, data, len) else {
+                return;
             };
             let owner = (super::shard_hash(&seg.src, &seg.dst) % n as u64) as usize;
-            if let Some(v) = w.segs.get_mut(owner) {
+            if let Some(v) = segs.get_mut(owner) {
                 v.push(SegInfo::new(i, ts, &seg, b));
             }
-        }
-        w.end = p;
+        });
+        w.end = end;
+        w.records = records;
+        w.problem = problem;
         w
     }
 
