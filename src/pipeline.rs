@@ -35,7 +35,7 @@
 //! reported.
 
 use crate::capture::{Chunk, Mapped, RecFormat};
-use crate::decode::{self, Decoded, Flags, Segment};
+use crate::decode::{self, Decoded, Segment};
 use crate::flow::{Backend, FlowStats, FlowTable};
 use crate::limits::Limits;
 use crate::record::{OrderKey, Record};
@@ -51,6 +51,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 mod mapped;
+mod segs;
+
+use segs::Segs;
 
 /// Packet time between ticks.
 pub const TICK_US: i64 = 1_000_000;
@@ -411,7 +414,7 @@ impl Single {
 #[derive(Default)]
 struct Index {
     /// Per worker: the TCP segments of its connections, in frame order.
-    segs: Vec<Vec<SegInfo>>,
+    segs: Segs,
     /// Ticks, in frame order: the frame that carries it, and the packet time.
     ticks: Vec<(u64, Ts)>,
     /// Frames in the chunk, and the number of the last.
@@ -423,66 +426,10 @@ struct Index {
 
 impl Index {
     fn clear(&mut self) {
-        for v in &mut self.segs {
-            v.clear();
-        }
+        self.segs.clear();
         self.ticks.clear();
         self.frames = 0;
         self.prompt = false;
-    }
-}
-
-/// A decoded TCP segment whose payload is in the chunk.
-#[derive(Clone, Copy)]
-struct SegInfo {
-    /// The frame's number (in a mapped file's window: its place in the window).
-    frame: u64,
-    ts: Ts,
-    src: SocketAddr,
-    dst: SocketAddr,
-    seq: u32,
-    ack: u32,
-    /// Payload: offset in the bytes the frame is in (chunk or mapped file), and length.
-    at: usize,
-    len: u32,
-    missing: u32,
-    window: u16,
-    flags: u8,
-}
-
-impl SegInfo {
-    /// `seg`, whose payload is a part of `base`, as frame `frame`.
-    fn new(frame: u64, ts: Ts, seg: &Segment, base: &[u8]) -> SegInfo {
-        SegInfo {
-            frame,
-            ts,
-            src: seg.src,
-            dst: seg.dst,
-            seq: seg.seq,
-            ack: seg.ack,
-            at: (seg.payload.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize),
-            // A payload is part of one frame: far below 4 GiB.
-            len: seg.payload.len() as u32,
-            missing: seg.missing,
-            window: seg.window,
-            flags: seg.flags.0,
-        }
-    }
-
-    /// The segment again, its payload found in `base`.
-    fn segment<'a>(&self, base: &'a [u8]) -> Segment<'a> {
-        Segment {
-            src: self.src,
-            dst: self.dst,
-            seq: self.seq,
-            ack: self.ack,
-            flags: Flags(self.flags),
-            window: self.window,
-            payload: base
-                .get(self.at..self.at.saturating_add(self.len as usize))
-                .unwrap_or_default(),
-            missing: self.missing,
-        }
     }
 }
 
@@ -536,11 +483,12 @@ impl Pool {
     }
 
     fn make(workers: usize) -> Shared {
-        let mut index = Index::default();
-        index.segs.resize_with(workers, Vec::new);
         Shared {
             chunk: Chunk::for_reading(),
-            index,
+            index: Index {
+                segs: Segs::new(workers, 0),
+                ..Index::default()
+            },
         }
     }
 
@@ -688,11 +636,9 @@ impl Indexer {
         let Some(seg) = classify(&mut self.read, link, data, len) else {
             return;
         };
-        let w = self.shard(&seg) as usize;
-        if let Some(v) = ix.segs.get_mut(w) {
-            // The payload is a part of the chunk (`data` is).
-            v.push(SegInfo::new(self.frame, ts, &seg, base));
-        }
+        // The payload is a part of the chunk (`data` is).
+        let owner = segs::owner(shard_hash(&seg.src, &seg.dst), self.workers as usize);
+        ix.segs.push(owner, self.frame, ts, &seg, base);
     }
 
     /// Counts a frame at packet time `ts`; true if a tick is due before it is analysed.
@@ -702,12 +648,6 @@ impl Indexer {
         self.adv = 0;
         self.last_ts = self.last_ts.max(ts);
         self.ticks.due(ts)
-    }
-
-    /// The worker that analyses the connection of `seg`.
-    #[inline]
-    fn shard(&self, seg: &Segment) -> u64 {
-        shard_hash(&seg.src, &seg.dst) % self.workers.max(1)
     }
 
     /// All the records of `s`'s chunk.
@@ -1146,7 +1086,7 @@ fn worker(
                 };
                 let bytes = chunk.bytes();
                 let mut ticks = index.ticks.iter().peekable();
-                for m in index.segs.get(id).map_or(&[][..], |v| &v[..]) {
+                for m in index.segs.of(id) {
                     while let Some(&&(frame, ts)) = ticks.peek() {
                         if frame > m.frame {
                             break;
@@ -1154,7 +1094,7 @@ fn worker(
                         ticks.next();
                         tick(&mut flow, ts, frame, &mut out);
                     }
-                    let seg = m.segment(bytes);
+                    let seg = index.segs.segment(m, bytes);
                     let mut ctx = Ctx {
                         ts: m.ts,
                         frame: m.frame,

@@ -13,14 +13,17 @@
 //! chain of plausible headers) and walks from there; before any worker uses a window, its
 //! start is checked against where the window before really ended, and a window that was
 //! guessed wrong (a payload that looked like headers) is indexed again from the true start.
-//! So a bad guess costs time, never correctness.
+//! So a bad guess costs time, never correctness. The guessed starts also let a worker walk
+//! [`WALKS`] windows at once, a record of each in turn, so that their cache misses overlap
+//! ([`Mapped::records_interleaved`]).
 //!
 //! Bounded: at most [`LOOKAHEAD`] windows per worker are indexed ahead of the slowest
 //! worker, windows all workers are done with are dropped, and the pages behind them are
 //! given back to the kernel ([`Mapped::release`]).
 
-use super::{classify, tick, Indexer, Pos, Report, ScanEnd, SegInfo, REPORT_RECORDS};
-use crate::capture::Mapped;
+use super::segs::{self, Segs};
+use super::{classify, tick, Indexer, Pos, Report, ScanEnd, REPORT_RECORDS};
+use crate::capture::{Mapped, Walk};
 use crate::flow::FlowTable;
 use crate::record::{OrderKey, Record};
 use crate::session::Ctx;
@@ -46,6 +49,9 @@ const LOOKAHEAD: usize = 8;
 /// records of the fastest until the slowest has caught up, so this bounds its memory (a SYN
 /// flood makes two records per frame).
 const MAX_LEAD: usize = 4;
+
+/// Windows a worker indexes at once (see [`Mapped::records_interleaved`]).
+const WALKS: usize = 4;
 
 /// The mapping is given back in steps of this many bytes.
 const RELEASE_STEP: usize = 16 << 20;
@@ -109,8 +115,8 @@ struct Window {
     end: usize,
     /// The time of every frame, in order.
     ts: Vec<Ts>,
-    /// Per worker: the TCP segments of its connections.
-    segs: Vec<Vec<SegInfo>>,
+    /// Per worker: the TCP segments of its connections; payload offsets count from `start`.
+    segs: Segs,
     /// Counts for these frames.
     read: ReadStats,
     records: u64,
@@ -127,6 +133,7 @@ impl Job {
             .seconds_at(map.bytes(), map.data_start)
             .unwrap_or(0);
         let data_start = map.data_start;
+        let total = map.bytes().len();
         let before = from.frame;
         let window = (data / (8 * n))
             .next_multiple_of(MIN_WINDOW)
@@ -136,7 +143,7 @@ impl Job {
             from,
             workers: n,
             window,
-            windows: data.div_ceil(window).max(1),
+            windows: total.div_ceil(window).max(1),
             first_sec,
             table: Mutex::new(Table {
                 slots: VecDeque::new(),
@@ -175,56 +182,66 @@ impl Job {
     /// The byte range of window `k`'s record starts.
     fn span(&self, k: usize) -> (usize, usize) {
         let d = self.map.data_start;
-        (d + k * self.window, d + (k + 1) * self.window)
+        ((k * self.window).max(d), (k + 1) * self.window)
     }
 
-    /// Indexes window `k` into `w` (a spare), from `start` if known, else from a guess.
-    fn index(&self, k: usize, start: Option<usize>, w: Option<Window>) -> Window {
-        let (lo, hi) = self.span(k);
+    /// Indexes windows together (see [`Mapped::records_interleaved`]): each `(k, start,
+    /// spare)` is window `k`, from `start` if known, else from a guess, into a spare's buffers
+    /// if there is one.
+    fn index(
+        &self,
+        batch: Vec<(usize, Option<usize>, Option<Box<Window>>)>,
+    ) -> Vec<(usize, Window)> {
         let b = self.map.bytes();
         let n = self.workers;
-        let start = start.or_else(|| self.map.file.resync(b, lo, hi, self.first_sec));
-        let mut w = w.unwrap_or_else(|| Window {
-            start: 0,
-            end: 0,
-            ts: Vec::with_capacity(self.window / 256),
-            segs: (0..n)
-                .map(|_| Vec::with_capacity(self.window / 256))
-                .collect(),
-            read: ReadStats::default(),
-            records: 0,
-            problem: None,
-        });
-        w.start = start.unwrap_or(usize::MAX);
-        w.end = w.start;
-        w.ts.clear();
-        for v in &mut w.segs {
-            v.clear();
+        let mut wins = Vec::with_capacity(batch.len());
+        let mut walks = Vec::with_capacity(batch.len());
+        for (k, start, spare) in batch {
+            let (lo, hi) = self.span(k);
+            let start = start.or_else(|| self.map.file.resync(b, lo, hi, self.first_sec));
+            let mut w = spare.map(|b| *b).unwrap_or_else(|| Window {
+                start: 0,
+                end: 0,
+                ts: Vec::with_capacity(self.window / 256),
+                segs: Segs::new(n, self.window / 256),
+                read: ReadStats::default(),
+                records: 0,
+                problem: None,
+            });
+            w.start = start.unwrap_or(usize::MAX);
+            w.end = w.start;
+            w.ts.clear();
+            w.segs.clear();
+            w.read = ReadStats::default();
+            w.records = 0;
+            w.problem = None;
+            // No plausible start: nothing to walk; indexed again once the true one is known.
+            walks.push(Walk::new(start.unwrap_or(hi), hi));
+            wins.push((k, w));
         }
-        w.read = ReadStats::default();
-        w.records = 0;
-        w.problem = None;
-        let Some(p) = start else {
-            // No plausible start: indexed again once the true one is known.
-            return w;
-        };
         let link = self.map.link();
-        let (segs, read, ts_of) = (&mut w.segs, &mut w.read, &mut w.ts);
-        let (end, records, problem) = self.map.records(p, hi, |ts, data, len| {
-            let i = ts_of.len() as u64;
-            ts_of.push(ts);
-            let Some(seg) = classify(read, link, data, len) else {
-                return;
-            };
-            let owner = (super::shard_hash(&seg.src, &seg.dst) % n as u64) as usize;
-            if let Some(v) = segs.get_mut(owner) {
-                v.push(SegInfo::new(i, ts, &seg, b));
+        self.map
+            .records_interleaved(&mut walks, |i, ts, data, len| {
+                let Some((_, w)) = wins.get_mut(i) else {
+                    return;
+                };
+                let frame = w.ts.len() as u64;
+                w.ts.push(ts);
+                let Some(seg) = classify(&mut w.read, link, data, len) else {
+                    return;
+                };
+                let owner = segs::owner(super::shard_hash(&seg.src, &seg.dst), n);
+                let base = b.get(w.start..).unwrap_or_default();
+                w.segs.push(owner, frame, ts, &seg, base);
+            });
+        for ((_, w), walk) in wins.iter_mut().zip(walks) {
+            if w.start != usize::MAX {
+                w.end = walk.at;
+                w.records = walk.records;
+                w.problem = walk.problem;
             }
-        });
-        w.end = end;
-        w.records = records;
-        w.problem = problem;
-        w
+        }
+        wins
     }
 
     /// Whether window `k` is the last one to analyse.
@@ -272,8 +289,8 @@ impl Table {
 /// What a worker does next.
 enum Step {
     Analyse(usize, Arc<Window>),
-    /// Window, its start if known, a spare to index into.
-    Index(usize, Option<usize>, Option<Box<Window>>),
+    /// Windows, each with its start if known and a spare to index into.
+    Index(Vec<(usize, Option<usize>, Option<Box<Window>>)>),
     Done,
 }
 
@@ -328,30 +345,27 @@ pub(super) fn run(
                     }
                 }
                 // The window everyone waits for: whoever is free indexes it from its true
-                // start.
+                // start; with it (or without), the next windows nobody took, within the
+                // lookahead, from guessed starts — taken by whoever is free, so a worker with
+                // fewer connections to analyse indexes more.
+                let mut batch = Vec::new();
                 let c = t.checked;
                 let exact = t.checked_end;
                 if let Some(s @ (Slot::Pending | Slot::Redo)) = t.slot(c) {
                     *s = Slot::Indexing;
-                    break Step::Index(c, Some(exact), t.spare.pop().map(Box::new));
+                    batch.push((c, Some(exact), t.spare.pop().map(Box::new)));
                 }
-                // Else the next window nobody took, within the lookahead: taken by whoever is
-                // free, so a worker with fewer connections to analyse indexes more.
                 let limit = (t.slowest() + LOOKAHEAD * n).min(job.windows);
-                while t.ahead < limit {
-                    let k = t.ahead;
-                    if matches!(t.slot(k), Some(Slot::Pending)) {
-                        break;
-                    }
-                    t.ahead += 1;
-                }
-                if t.ahead < limit {
+                while batch.len() < WALKS && t.ahead < limit {
                     let k = t.ahead;
                     t.ahead += 1;
-                    if let Some(s) = t.slot(k) {
+                    if let Some(s @ Slot::Pending) = t.slot(k) {
                         *s = Slot::Indexing;
+                        batch.push((k, None, t.spare.pop().map(Box::new)));
                     }
-                    break Step::Index(k, None, t.spare.pop().map(Box::new));
+                }
+                if !batch.is_empty() {
+                    break Step::Index(batch);
                 }
                 t.waiting += 1;
                 t = job.changed.wait(t).unwrap_or_else(|e| e.into_inner());
@@ -360,11 +374,13 @@ pub(super) fn run(
         };
         match step {
             Step::Done => break,
-            Step::Index(k, start, spare) => {
-                let w = Arc::new(job.index(k, start, spare.map(|b| *b)));
+            Step::Index(batch) => {
+                let done = job.index(batch);
                 let mut t = job.lock();
-                if let Some(s) = t.slot(k) {
-                    *s = Slot::Ready(w);
+                for (k, w) in done {
+                    if let Some(s) = t.slot(k) {
+                        *s = Slot::Ready(Arc::new(w));
+                    }
                 }
                 job.notify(&t);
             }
@@ -421,15 +437,16 @@ fn analyse(
     out: &mut Vec<(OrderKey, Record)>,
     report: &mut impl FnMut(&mut Vec<(OrderKey, Record)>, Pos) -> bool,
 ) -> bool {
-    let b = job.map.bytes();
-    let mine = w.segs.get(id).map_or(&[][..], |v| &v[..]);
-    let mut segs = mine.iter().peekable();
+    let base = job.map.bytes().get(w.start..).unwrap_or_default();
+    let mine = w.segs.of(id);
+    let mut j = 0;
     for (i, &ts) in w.ts.iter().enumerate() {
         if ix.count(ts) {
             tick(flow, ts, ix.frame, out);
         }
-        while let Some(m) = segs.next_if(|m| m.frame == i as u64) {
-            let seg = m.segment(b);
+        while let Some(m) = mine.get(j).filter(|m| m.frame == i as u64) {
+            j += 1;
+            let seg = w.segs.segment(m, base);
             let mut ctx = Ctx {
                 ts,
                 frame: ix.frame,
