@@ -3,7 +3,8 @@
 #
 #   benches/compare.sh FILE [--port PORT] [--tshark-limit MB] [--runs N] [--threads N]
 #
-# Rows (each the best of --runs runs, page cache warm; peak RSS from /usr/bin/time):
+# Rows (each the best of --runs runs, page cache warm; peak RSS from /usr/bin/time; the
+# two gatescope rows run in turns, and the scaling is the median of their paired ratios):
 #   tcpdump -r FILE -w /dev/null              libpcap reading and writing every record: a floor
 #   gatescope --threads 1 --format json FILE  the full analysis, JSON Lines to /dev/null
 #   gatescope --threads N --format json FILE  N = --threads, default: the number of cores
@@ -20,7 +21,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -56,34 +57,45 @@ trap 'rm -rf "$TMP"' EXIT
 
 size=$(stat -c %s "$FILE")
 
-# Best wall time (s) and the peak RSS (KiB) of that run, over $RUNS runs of "$@", into
-# M_WALL and M_RSS.
-measure() {
-    M_WALL=""
-    M_RSS=""
-    local t m
+# One run of "$@": wall time (s) into T_WALL, peak RSS (KiB) into T_RSS.
+once() {
+    # Page cache warm for every run: the kernel may reclaim a large file's pages between
+    # runs (DAMON-based reclaim on some VMs), which made single runs vary by 2x.
+    cat "$FILE" "$SUB" >/dev/null
+    local t0 t1 m
+    t0=$(date +%s%N)
+    # exit 1 (error findings) is a normal outcome of an analysis
+    if ! /usr/bin/time -f "%e %M" -o "$TMP/time" "$@" >"${M_OUT:-/dev/null}" 2>"$TMP/err"; then
+        if [ "$(head -n 1 "$TMP/time" | cut -c1-7)" = "Command" ] &&
+            ! grep -q "exit status 1" "$TMP/time"; then
+            echo "compare.sh: failed: $*" >&2
+            cat "$TMP/err" "$TMP/time" >&2
+            exit 2
+        fi
+    fi
+    t1=$(date +%s%N)
+    read -r _ m < <(tail -n 1 "$TMP/time")
+    T_WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", (b - a) / 1e9 }')
+    T_RSS=$m
+}
+
+declare -A WALL RSS BYTES
+
+# Keeps run $1's best wall time, and the peak RSS of that run.
+best() {
+    if [ -z "${WALL[$1]:-}" ] || awk -v a="$T_WALL" -v b="${WALL[$1]}" 'BEGIN { exit !(a < b) }'; then
+        WALL[$1]=$T_WALL
+        RSS[$1]=$T_RSS
+    fi
+}
+
+row() {  # name bytes command...
+    local name=$1
+    BYTES[$name]=$2
+    shift 2
     for _ in $(seq "$RUNS"); do
-        # Page cache warm for every run: the kernel may reclaim a large file's pages between
-        # runs (DAMON-based reclaim on some VMs), which made single runs vary by 2x.
-        cat "$FILE" "$SUB" >/dev/null
-        # exit 1 (error findings) is a normal outcome of an analysis
-        local t0 t1
-        t0=$(date +%s%N)
-        if ! /usr/bin/time -f "%e %M" -o "$TMP/time" "$@" >"${M_OUT:-/dev/null}" 2>"$TMP/err"; then
-            if [ "$(head -n 1 "$TMP/time" | cut -c1-7)" = "Command" ] &&
-                ! grep -q "exit status 1" "$TMP/time"; then
-                echo "compare.sh: failed: $*" >&2
-                cat "$TMP/err" "$TMP/time" >&2
-                exit 2
-            fi
-        fi
-        t1=$(date +%s%N)
-        read -r _ m < <(tail -n 1 "$TMP/time")
-        t=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", (b - a) / 1e9 }')
-        if [ -z "$M_WALL" ] || awk -v a="$t" -v b="$M_WALL" 'BEGIN { exit !(a < b) }'; then
-            M_WALL=$t
-            M_RSS=$m
-        fi
+        once "$@"
+        best "$name"
     done
 }
 
@@ -101,18 +113,21 @@ sub_size=$(stat -c %s "$SUB")
 
 cat "$FILE" "$SUB" >/dev/null  # page cache warm
 
-declare -A WALL RSS BYTES
-row() {  # name bytes command...
-    local name=$1 bytes=$2
-    shift 2
-    measure "$@"
-    WALL[$name]=$M_WALL
-    RSS[$name]=$M_RSS
-    BYTES[$name]=$bytes
-}
 row tcpdump "$size" tcpdump -r "$FILE" -w /dev/null
-row gs1 "$size" "$BIN" analyze --threads 1 --format json "$FILE"
-row gsN "$size" "$BIN" analyze --threads "$THREADS" --format json "$FILE"
+# One thread and all threads take turns, so that both see the same machine: on a shared
+# VM, speed drifts by 20-40 % over minutes, and a run of one after a run of the other
+# measures the drift. The scaling is the median of the pairs' ratios.
+BYTES[gs1]=$size
+BYTES[gsN]=$size
+PAIRS=()
+for _ in $(seq "$RUNS"); do
+    once "$BIN" analyze --threads 1 --format json "$FILE"
+    best gs1
+    one=$T_WALL
+    once "$BIN" analyze --threads "$THREADS" --format json "$FILE"
+    best gsN
+    PAIRS+=("$(awk -v a="$one" -v b="$T_WALL" 'BEGIN { printf "%.4f", a / b }')")
+done
 row gs1_sub "$sub_size" "$BIN" analyze --threads 1 --format json "$SUB"
 M_OUT=$TMP/tshark.out RUNS=1 row tshark "$sub_size" tshark -r "$SUB" -d "tcp.port==$PORT,http" -q -z http,tree
 
@@ -140,7 +155,9 @@ for r in tcpdump gs1 gsN gs1_sub tshark; do
 done
 echo "(speed: MB/s relative to gatescope --threads 1 on the same input)"
 echo
-echo "scaling: --threads $THREADS is $(awk -v a="${WALL[gs1]}" -v b="${WALL[gsN]}" 'BEGIN { printf "%.2f", a / b }')x --threads 1;" \
+paired=$(printf '%s\n' "${PAIRS[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "%.2f %.2f-%.2f over %d pairs", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2, a[1], a[NR], NR }')
+echo "scaling: --threads $THREADS is ${paired%% *}x --threads 1 (median of back-to-back pairs: ${paired#* });" \
+    "best of each: $(awk -v a="${WALL[gs1]}" -v b="${WALL[gsN]}" 'BEGIN { printf "%.2f", a / b }')x;" \
     "gatescope is $(awk -v a="$(mbs gs1)" -v b="$(mbs tcpdump)" 'BEGIN { printf "%.2f", a / b }')x the libpcap floor" \
     "and $(awk -v a="$(mbs gs1_sub)" -v b="$(mbs tshark)" 'BEGIN { printf "%.0f", a / b }')x tshark"
 
