@@ -1041,4 +1041,84 @@ mod test {
         c.for_each(|_, ts, d, l| seen.push((ts.0, d.to_vec(), l)));
         assert_eq!(seen, vec![(7_123_456, b"xy".to_vec(), 60)]);
     }
+
+    /// A classic little-endian pcap file of records with payloads of `sizes` bytes (each
+    /// filled with its index), mapped.
+    fn mapped(name: &str, sizes: &[usize]) -> (Mapped, Vec<usize>) {
+        let mut b = Vec::new();
+        for v in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65_535, 1] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut starts = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            starts.push(b.len());
+            for v in [1_700_000_000u32, i as u32, n as u32, n as u32] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            b.extend(std::iter::repeat_n(i as u8, n));
+        }
+        let path =
+            std::env::temp_dir().join(format!("gatescope-{}-{name}.pcap", std::process::id()));
+        std::fs::write(&path, &b).unwrap_or_else(|e| panic!("{e}"));
+        let shown = path.display().to_string();
+        let file = PcapFile::open(&shown, &shown)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("not a pcap file"));
+        let _ = std::fs::remove_file(&path);
+        match file.map() {
+            Ok(m) => (m, starts),
+            Err(_) => panic!("cannot map"),
+        }
+    }
+
+    #[test]
+    fn interleaved_walks_see_each_range_s_records_in_order() {
+        let sizes: Vec<usize> = (0..40).map(|i| 60 + (i * 37) % 1500).collect();
+        let (m, starts) = mapped("interleaved", &sizes);
+        let end = m.bytes().len();
+        // Three walks: records 0..10, 10..25, 25..; the last runs to the end of the file.
+        let mut walks = vec![
+            Walk::new(starts[0], starts[10]),
+            Walk::new(starts[10], starts[25] - 1),
+            Walk::new(starts[25], end + 100),
+        ];
+        let mut seen: Vec<Vec<u8>> = vec![Vec::new(); 3];
+        m.records_interleaved(&mut walks, |w, _, data, len| {
+            assert_eq!(data.len(), len as usize);
+            seen[w].push(data.first().copied().unwrap_or(0));
+        });
+        let ids = |r: std::ops::Range<u8>| r.collect::<Vec<u8>>();
+        assert_eq!(seen, vec![ids(0..10), ids(10..25), ids(25..40)]);
+        let ends: Vec<(usize, u64, bool)> = walks
+            .iter()
+            .map(|w| (w.at, w.records, w.problem.is_some()))
+            .collect();
+        assert_eq!(
+            ends,
+            vec![
+                (starts[10], 10, false),
+                (starts[25], 15, false),
+                (end, 15, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_damaged_record_ends_only_its_own_walk() {
+        let (m, starts) = mapped("damaged", &[100, 100, 100, 100]);
+        // A wrong guess for walk 0: 8 bytes into record 1, its "captured length" is the
+        // payload's 0x01010101 bytes, far beyond any snapshot length.
+        let mut walks = vec![
+            Walk::new(starts[1] + 8, starts[2]),
+            Walk::new(starts[2], starts[3] + 1),
+        ];
+        let mut n = [0; 2];
+        m.records_interleaved(&mut walks, |w, _, _, _| n[w] += 1);
+        assert!(walks[0].problem.is_some(), "{:?}", walks[0]);
+        assert_eq!(
+            (n, walks[1].records, walks[1].at),
+            ([0, 2], 2, m.bytes().len())
+        );
+    }
 }
