@@ -261,6 +261,13 @@ impl TickClock {
         }
         due
     }
+
+    /// True if no frame up to packet time `max` can be due: the clock is set, and `max`
+    /// is before its next tick.
+    #[inline]
+    fn quiet_until(&self, max: Ts) -> bool {
+        matches!(self.0, Some(t) if max < t)
+    }
 }
 
 /// The analysis of every frame on one thread: frame count, packet time and ticks, the
@@ -639,6 +646,16 @@ impl Indexer {
         // The payload is a part of the chunk (`data` is).
         let owner = segs::owner(shard_hash(&seg.src, &seg.dst), self.workers as usize);
         ix.segs.push(owner, self.frame, ts, &seg, base);
+    }
+
+    /// Counts `frames` frames in which no tick falls, the latest at packet time `max`.
+    #[inline]
+    fn skip(&mut self, frames: u64, max: Ts) {
+        if frames > 0 {
+            self.frame += frames;
+            self.adv = 0;
+            self.last_ts = self.last_ts.max(max);
+        }
     }
 
     /// Counts a frame at packet time `ts`; true if a tick is due before it is analysed.

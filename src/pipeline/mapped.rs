@@ -113,8 +113,9 @@ struct Window {
     start: usize,
     /// Offset after its last record: where the next window starts.
     end: usize,
-    /// The time of every frame, in order.
+    /// The time of every frame, in order, and the latest.
     ts: Vec<Ts>,
+    max_ts: Ts,
     /// Per worker: the TCP segments of its connections; payload offsets count from `start`.
     segs: Segs,
     /// Counts for these frames.
@@ -203,6 +204,7 @@ impl Job {
                 start: 0,
                 end: 0,
                 ts: Vec::with_capacity(self.window / 256),
+                max_ts: Ts(i64::MIN),
                 segs: Segs::new(n, self.window / 256),
                 read: ReadStats::default(),
                 records: 0,
@@ -211,6 +213,7 @@ impl Job {
             w.start = start.unwrap_or(usize::MAX);
             w.end = w.start;
             w.ts.clear();
+            w.max_ts = Ts(i64::MIN);
             w.segs.clear();
             w.read = ReadStats::default();
             w.records = 0;
@@ -227,6 +230,7 @@ impl Job {
                 };
                 let frame = w.ts.len() as u64;
                 w.ts.push(ts);
+                w.max_ts = w.max_ts.max(ts);
                 let Some(seg) = classify(&mut w.read, link, data, len) else {
                     return;
                 };
@@ -439,24 +443,45 @@ fn analyse(
 ) -> bool {
     let base = job.map.bytes().get(w.start..).unwrap_or_default();
     let mine = w.segs.of(id);
-    let mut j = 0;
-    for (i, &ts) in w.ts.iter().enumerate() {
-        if ix.count(ts) {
-            tick(flow, ts, ix.frame, out);
-        }
-        while let Some(m) = mine.get(j).filter(|m| m.frame == i as u64) {
-            j += 1;
+    if ix.ticks.quiet_until(w.max_ts) {
+        // No tick falls in this window (the usual case: ticks are seconds of packet time
+        // apart): only this worker's segments need a visit, not every frame.
+        let first = ix.frame;
+        for m in mine {
+            let frame = first + m.frame + 1;
             let seg = w.segs.segment(m, base);
             let mut ctx = Ctx {
-                ts,
-                frame: ix.frame,
-                key_frame: ix.frame,
+                ts: m.ts,
+                frame,
+                key_frame: frame,
                 out,
             };
             flow.segment(&seg, &mut ctx);
+            if out.len() >= REPORT_RECORDS && !report(out, (frame, 0)) {
+                return false;
+            }
         }
-        if out.len() >= REPORT_RECORDS && !report(out, (ix.frame, 0)) {
-            return false;
+        ix.skip(w.ts.len() as u64, w.max_ts);
+    } else {
+        let mut j = 0;
+        for (i, &ts) in w.ts.iter().enumerate() {
+            if ix.count(ts) {
+                tick(flow, ts, ix.frame, out);
+            }
+            while let Some(m) = mine.get(j).filter(|m| m.frame == i as u64) {
+                j += 1;
+                let seg = w.segs.segment(m, base);
+                let mut ctx = Ctx {
+                    ts,
+                    frame: ix.frame,
+                    key_frame: ix.frame,
+                    out,
+                };
+                flow.segment(&seg, &mut ctx);
+            }
+            if out.len() >= REPORT_RECORDS && !report(out, (ix.frame, 0)) {
+                return false;
+            }
         }
     }
     // The frames are counted once, by worker 0 (whose counters the reading thread keeps).
