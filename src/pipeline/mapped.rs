@@ -21,7 +21,7 @@
 //! worker, windows all workers are done with are dropped, and the pages behind them are
 //! given back to the kernel ([`Mapped::release`]).
 
-use super::segs::{self, Segs};
+use super::segs::{self, SegInfo, Segs};
 use super::{classify, tick, Indexer, Pos, Report, ScanEnd, REPORT_RECORDS};
 use crate::capture::{Mapped, Walk};
 use crate::flow::FlowTable;
@@ -443,20 +443,22 @@ fn analyse(
 ) -> bool {
     let base = job.map.bytes().get(w.start..).unwrap_or_default();
     let mine = w.segs.of(id);
+    let visit = |m: &SegInfo, frame: u64, flow: &mut FlowTable, out: &mut Vec<_>| {
+        let mut ctx = Ctx {
+            ts: m.ts,
+            frame,
+            key_frame: frame,
+            out,
+        };
+        flow.segment(&w.segs.segment(m, base), &mut ctx);
+    };
     if ix.ticks.quiet_until(w.max_ts) {
         // No tick falls in this window (the usual case: ticks are seconds of packet time
         // apart): only this worker's segments need a visit, not every frame.
         let first = ix.frame;
         for m in mine {
             let frame = first + m.frame + 1;
-            let seg = w.segs.segment(m, base);
-            let mut ctx = Ctx {
-                ts: m.ts,
-                frame,
-                key_frame: frame,
-                out,
-            };
-            flow.segment(&seg, &mut ctx);
+            visit(m, frame, flow, out);
             if out.len() >= REPORT_RECORDS && !report(out, (frame, 0)) {
                 return false;
             }
@@ -470,14 +472,7 @@ fn analyse(
             }
             while let Some(m) = mine.get(j).filter(|m| m.frame == i as u64) {
                 j += 1;
-                let seg = w.segs.segment(m, base);
-                let mut ctx = Ctx {
-                    ts,
-                    frame: ix.frame,
-                    key_frame: ix.frame,
-                    out,
-                };
-                flow.segment(&seg, &mut ctx);
+                visit(m, ix.frame, flow, out);
             }
             if out.len() >= REPORT_RECORDS && !report(out, (ix.frame, 0)) {
                 return false;
