@@ -627,7 +627,6 @@ struct Indexer {
     /// Effective live advances since the last frame.
     adv: u32,
     read: ReadStats,
-    workers: u64,
 }
 
 impl Indexer {
@@ -644,8 +643,7 @@ impl Indexer {
             return;
         };
         // The payload is a part of the chunk (`data` is).
-        let owner = segs::owner(shard_hash(&seg.src, &seg.dst), self.workers as usize);
-        ix.segs.push(owner, self.frame, ts, &seg, base);
+        ix.segs.push(self.frame, ts, &seg, base);
     }
 
     /// Counts `frames` frames in which no tick falls, the latest at packet time `max`.
@@ -770,10 +768,7 @@ impl Sharded {
             reports,
             pool: Arc::new(Pool::new(n * CHUNKS_PER_WORKER + 1, n)),
             filling: None,
-            indexer: Indexer {
-                workers: n as u64,
-                ..Indexer::default()
-            },
+            indexer: Indexer::default(),
             merger: Merger::new(n, collector),
             spare: Vec::new(),
         }

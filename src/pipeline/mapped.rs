@@ -21,7 +21,7 @@
 //! worker, windows all workers are done with are dropped, and the pages behind them are
 //! given back to the kernel ([`Mapped::release`]).
 
-use super::segs::{self, SegInfo, Segs};
+use super::segs::{SegInfo, Segs};
 use super::{classify, tick, Indexer, Pos, Report, ScanEnd, REPORT_RECORDS};
 use crate::capture::{Mapped, Walk};
 use crate::flow::FlowTable;
@@ -200,32 +200,40 @@ impl Job {
         for (k, start, spare) in batch {
             let (lo, hi) = self.span(k);
             let start = start.or_else(|| self.map.file.resync(b, lo, hi, self.first_sec));
-            let mut w = spare.map(|b| *b).unwrap_or_else(|| Window {
-                start: 0,
-                end: 0,
-                ts: Vec::with_capacity(self.window / 256),
+            // A spare's buffers are reused; the rest is set anew.
+            let (mut ts, mut segs) = match spare {
+                Some(w) => (w.ts, w.segs),
+                None => (
+                    Vec::with_capacity(self.window / 256),
+                    Segs::new(n, self.window / 256),
+                ),
+            };
+            let start_at = start.unwrap_or(usize::MAX);
+            ts.clear();
+            segs.clear();
+            let w = Window {
+                start: start_at,
+                end: start_at,
+                ts,
                 max_ts: Ts(i64::MIN),
-                segs: Segs::new(n, self.window / 256),
+                segs,
                 read: ReadStats::default(),
                 records: 0,
                 problem: None,
-            });
-            w.start = start.unwrap_or(usize::MAX);
-            w.end = w.start;
-            w.ts.clear();
-            w.max_ts = Ts(i64::MIN);
-            w.segs.clear();
-            w.read = ReadStats::default();
-            w.records = 0;
-            w.problem = None;
+            };
             // No plausible start: nothing to walk; indexed again once the true one is known.
             walks.push(Walk::new(start.unwrap_or(hi), hi));
             wins.push((k, w));
         }
         let link = self.map.link();
+        // Payload offsets count from each window's first record.
+        let bases: Vec<&[u8]> = wins
+            .iter()
+            .map(|(_, w)| b.get(w.start..).unwrap_or_default())
+            .collect();
         self.map
             .records_interleaved(&mut walks, |i, ts, data, len| {
-                let Some((_, w)) = wins.get_mut(i) else {
+                let (Some((_, w)), Some(base)) = (wins.get_mut(i), bases.get(i)) else {
                     return;
                 };
                 let frame = w.ts.len() as u64;
@@ -234,9 +242,7 @@ impl Job {
                 let Some(seg) = classify(&mut w.read, link, data, len) else {
                     return;
                 };
-                let owner = segs::owner(super::shard_hash(&seg.src, &seg.dst), n);
-                let base = b.get(w.start..).unwrap_or_default();
-                w.segs.push(owner, frame, ts, &seg, base);
+                w.segs.push(frame, ts, &seg, base);
             });
         for ((_, w), walk) in wins.iter_mut().zip(walks) {
             if w.start != usize::MAX {

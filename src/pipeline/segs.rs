@@ -65,9 +65,14 @@ impl Segs {
         self.v6.clear();
     }
 
-    /// Lists `seg` (frame `frame`, its payload a part of `base`) for worker `owner`.
+    /// Lists `seg` (frame `frame`, its payload a part of `base`) for the worker that owns
+    /// its connection.
     #[inline]
-    pub(super) fn push(&mut self, owner: usize, frame: u64, ts: Ts, seg: &Segment, base: &[u8]) {
+    pub(super) fn push(&mut self, frame: u64, ts: Ts, seg: &Segment, base: &[u8]) {
+        let owner = owner(super::shard_hash(&seg.src, &seg.dst), self.per.len());
+        let Some(v) = self.per.get_mut(owner) else {
+            return;
+        };
         let ends = match (seg.src, seg.dst) {
             (SocketAddr::V4(s), SocketAddr::V4(d)) => Ends::V4 {
                 src: s.ip().to_bits(),
@@ -80,9 +85,6 @@ impl Segs {
                 self.v6.push(pair);
                 Ends::V6(i)
             }
-        };
-        let Some(v) = self.per.get_mut(owner) else {
-            return;
         };
         v.push(SegInfo {
             frame,
@@ -139,7 +141,7 @@ impl Segs {
 /// The worker (of `n`) that owns a connection with shard hash `hash`: the hash scaled to
 /// `0..n` by its high bits, a multiplication where `%` would be a division per frame.
 #[inline]
-pub(super) fn owner(hash: u64, n: usize) -> usize {
+fn owner(hash: u64, n: usize) -> usize {
     ((u128::from(hash) * n as u128) >> 64) as usize
 }
 
@@ -186,10 +188,16 @@ mod tests {
                 payload: &payload[2..],
                 missing: 3,
             };
-            segs.push(i, i as u64, Ts(5), &seg, payload);
+            segs.push(i as u64, Ts(5), &seg, payload);
         }
-        let a = segs.segment(&segs.of(0)[0], payload);
-        let b = segs.segment(&segs.of(1)[0], payload);
+        // Each went to the worker that owns its connection; find them by frame.
+        let listed: Vec<SegInfo> = (0..2).flat_map(|w| segs.of(w).to_vec()).collect();
+        let by_frame = |f: u64| listed.iter().find(|m| m.frame == f).copied();
+        let (Some(a), Some(b)) = (by_frame(0), by_frame(1)) else {
+            panic!("a segment was not listed");
+        };
+        let a = segs.segment(&a, payload);
+        let b = segs.segment(&b, payload);
         assert_eq!(
             (a.src, a.dst, a.seq, a.payload),
             (v6, v6b, 7, &payload[2..])
