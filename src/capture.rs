@@ -998,7 +998,7 @@ fn read_libpcap(
 }
 
 #[cfg(test)]
-mod test {
+pub(crate) mod test {
     use super::*;
 
     #[test]
@@ -1044,7 +1044,7 @@ mod test {
 
     /// A classic little-endian pcap file of records with payloads of `sizes` bytes (each
     /// filled with its index), mapped.
-    fn mapped(name: &str, sizes: &[usize]) -> (Mapped, Vec<usize>) {
+    pub(crate) fn mapped(name: &str, sizes: &[usize]) -> (Mapped, Vec<usize>) {
         let mut b = Vec::new();
         for v in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65_535, 1] {
             b.extend_from_slice(&v.to_le_bytes());

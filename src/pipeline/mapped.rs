@@ -85,6 +85,13 @@ struct Table {
     checked: usize,
     /// Where the last checked window ends (the next one must start there).
     checked_end: usize,
+    /// Windows to analyse: those of the file, fewer once a checked window turns out to be
+    /// the last (the file's end, or a damaged record, in it). Nothing at or past it is
+    /// indexed: were it, a worker waiting for a slower one would index empty windows past
+    /// the end for as long as it waits, each in a new buffer.
+    windows: usize,
+    /// The mapping's length.
+    len: usize,
     /// Per worker: the next window it analyses.
     next: Vec<usize>,
     /// The mapping before this offset was given back.
@@ -129,6 +136,15 @@ impl Job {
     pub(super) fn new(map: Mapped, from: Indexer, workers: usize) -> Job {
         let n = workers.max(1);
         let data = map.bytes().len().saturating_sub(map.data_start);
+        let window = (data / (8 * n))
+            .next_multiple_of(MIN_WINDOW)
+            .clamp(MIN_WINDOW, WINDOW);
+        Job::with_window(map, from, n, window)
+    }
+
+    /// A job cut into windows of `window` bytes.
+    fn with_window(map: Mapped, from: Indexer, workers: usize, window: usize) -> Job {
+        let n = workers.max(1);
         let first_sec = map
             .file
             .seconds_at(map.bytes(), map.data_start)
@@ -136,21 +152,22 @@ impl Job {
         let data_start = map.data_start;
         let total = map.bytes().len();
         let before = from.frame;
-        let window = (data / (8 * n))
-            .next_multiple_of(MIN_WINDOW)
-            .clamp(MIN_WINDOW, WINDOW);
+        let window = window.max(1);
+        let windows = total.div_ceil(window).max(1);
         Job {
             map,
             from,
             workers: n,
             window,
-            windows: total.div_ceil(window).max(1),
+            windows,
             first_sec,
             table: Mutex::new(Table {
                 slots: VecDeque::new(),
                 base: 0,
                 checked: 0,
                 checked_end: data_start,
+                windows,
+                len: total,
                 next: vec![0; n],
                 released: 0,
                 waiting: 0,
@@ -273,22 +290,28 @@ impl Table {
     /// ended; a wrong guess is marked for indexing again. True if anything changed.
     fn check(&mut self) -> bool {
         let mut changed = false;
-        loop {
+        while self.checked < self.windows {
             let k = self.checked;
             let end = self.checked_end;
+            let len = self.len;
             let Some(slot) = self.slot(k) else {
                 return changed;
             };
             match slot {
                 Slot::Ready(w) if w.start == end => {
+                    let last = w.problem.is_some() || w.end >= len;
                     self.checked_end = w.end;
                     self.checked += 1;
+                    if last {
+                        self.windows = self.checked;
+                    }
                 }
                 Slot::Ready(_) => *slot = Slot::Redo,
                 _ => return changed,
             }
             changed = true;
         }
+        changed
     }
 
     fn slowest(&self) -> usize {
@@ -346,7 +369,7 @@ pub(super) fn run(
                     job.notify(&t);
                 }
                 let next = t.next.get(id).copied().unwrap_or(usize::MAX);
-                if next >= job.windows {
+                if next >= t.windows {
                     break Step::Done;
                 }
                 if next < t.checked && next < t.slowest() + MAX_LEAD {
@@ -361,11 +384,15 @@ pub(super) fn run(
                 let mut batch = Vec::new();
                 let c = t.checked;
                 let exact = t.checked_end;
-                if let Some(s @ (Slot::Pending | Slot::Redo)) = t.slot(c) {
+                // Within the lookahead, as the guessed ones: a worker waiting for a slower
+                // one must not index on through the file (its pages and indexes would pile
+                // up until the slower one gets there).
+                let limit = (t.slowest() + LOOKAHEAD * n).min(t.windows);
+                let within = c < limit;
+                if let Some(s @ (Slot::Pending | Slot::Redo)) = t.slot(c).filter(|_| within) {
                     *s = Slot::Indexing;
                     batch.push((c, Some(exact), t.spare.pop().map(Box::new)));
                 }
-                let limit = (t.slowest() + LOOKAHEAD * n).min(job.windows);
                 while batch.len() < WALKS && t.ahead < limit {
                     let k = t.ahead;
                     t.ahead += 1;
@@ -522,5 +549,61 @@ fn forget(job: &Job, id: usize, next: usize) {
     drop(t);
     if let Some((from, upto)) = release {
         job.map.release(from, upto);
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::capture::test::mapped;
+    use crate::limits::Limits;
+    use std::time::{Duration, Instant};
+
+    /// A worker that has to wait for a slower one (more threads than cores, a busy core)
+    /// indexes no further than the lookahead: neither its memory nor the file's resident
+    /// pages grow with the file while it waits.
+    #[test]
+    fn a_worker_waiting_for_a_slower_one_indexes_only_the_lookahead() {
+        // 3,000 records of 1,000 bytes in 4 KiB windows: over 700 windows.
+        let (map, _) = mapped("lookahead", &[1000; 3000]);
+        let n = 2;
+        let job = Arc::new(Job::with_window(map, Indexer::default(), n, MIN_WINDOW));
+        assert!(job.windows > 700);
+        // Worker 0 alone: worker 1 never starts, so worker 0 analyses MAX_LEAD windows and
+        // then waits for it.
+        let (tx, _rx) = std::sync::mpsc::sync_channel(1024);
+        let worker = {
+            let job = job.clone();
+            std::thread::spawn(move || {
+                let limits = Arc::new(Limits::default());
+                let mut flow = FlowTable::new(limits, Arc::new(Vec::new()), 0);
+                let mut out = Vec::new();
+                run(0, &job, &mut flow, &mut out, &tx, |out, _| {
+                    out.clear();
+                    true
+                })
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (indexed, checked) = loop {
+            let t = job.lock();
+            if t.waiting == 1 || Instant::now() > deadline {
+                let indexed = t
+                    .slots
+                    .iter()
+                    .filter(|s| !matches!(s, Slot::Pending))
+                    .count();
+                break (indexed, t.checked);
+            }
+            drop(t);
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        job.stop();
+        let _ = worker.join();
+        assert!(
+            indexed <= LOOKAHEAD * n && checked <= LOOKAHEAD * n,
+            "{indexed} windows indexed, {checked} checked, while waiting (lookahead {})",
+            LOOKAHEAD * n
+        );
     }
 }
