@@ -68,8 +68,9 @@ enum Cmd {
         /// Connections open at any time.
         #[arg(long, default_value_t = 200)]
         connections_concurrent: usize,
-        /// Fraction of connections that end in an injected fault.
-        #[arg(long, default_value_t = 0.001)]
+        /// Fraction of connections that end in an injected fault: every (1/rate)-th
+        /// connection, the four kinds in turn, so that every capture of some size has each.
+        #[arg(long, default_value_t = 0.01)]
         fault_rate: f64,
     },
     /// Write hostile or broken traffic that pushes one of gatescope's bounds.
@@ -1375,7 +1376,8 @@ struct Bulk {
     scratch: Vec<u8>,
     frame: Vec<u8>,
     stats: BulkStats,
-    fault_per_million: u64,
+    /// Every this many connections, one ends in a fault (0: none).
+    fault_every: u64,
     ports: VecDeque<u16>,
     next_conn_id: u64,
     draining: bool,
@@ -1449,11 +1451,11 @@ impl Bulk {
         } else {
             self.rng.range(1, 100) as u32
         };
-        let fault = if self.rng.chance(self.fault_per_million) {
-            Some(FAULTS[self.rng.below(4) as usize])
-        } else {
-            None
-        };
+        // The middle connection of every `fault_every`, the kinds in turn.
+        let n = self.next_conn_id;
+        let every = self.fault_every;
+        let fault = (every > 0 && n % every == every / 2)
+            .then(|| FAULTS[((n / every.max(1)) % FAULTS.len() as u64) as usize]);
         let fault_at = match fault {
             // on a fresh connection, so that it cannot pass for a keep-alive race
             Some(Fault::FinBeforeResponse) => 1,
@@ -1937,7 +1939,11 @@ fn bulk(out: &Path, size: u64, seed: u64, concurrent: usize, fault_rate: f64) ->
         scratch: Vec::new(),
         frame: Vec::with_capacity(2_048),
         stats: BulkStats::default(),
-        fault_per_million: (fault_rate.clamp(0.0, 1.0) * 1e6).round() as u64,
+        fault_every: if fault_rate > 0.0 {
+            (1.0 / fault_rate.min(1.0)).round() as u64
+        } else {
+            0
+        },
         // client ports cycle through a pool 1.5x the concurrency: a 4-tuple comes back soon
         // after its connection closed
         ports: (0..(concurrent + concurrent / 2).max(2))
