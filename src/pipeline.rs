@@ -674,25 +674,26 @@ impl Indexer {
 }
 
 /// A hash of a connection's two ends that is the same for both directions (so that both
-/// land on the same worker), cheaper than hashing a [`crate::flow::Key`]: each end mixed on its own, the
-/// two added.
+/// land on the same worker), cheaper than hashing a [`crate::flow::Key`]: the two ends
+/// folded together by XOR (symmetric), then one SplitMix64 finaliser, so that the high bits
+/// that pick the worker depend on every address and port bit. Only the load balance
+/// depends on it, never the output.
 #[inline]
 fn shard_hash(a: &SocketAddr, b: &SocketAddr) -> u64 {
     fn end(a: &SocketAddr) -> u64 {
-        let v = match a {
+        let ip = match a {
             SocketAddr::V4(v4) => u64::from(v4.ip().to_bits()),
             SocketAddr::V6(v6) => {
                 let x = v6.ip().to_bits();
                 (x as u64) ^ ((x >> 64) as u64).rotate_left(17)
             }
         };
-        // SplitMix64's finaliser: every input bit moves every output bit.
-        let mut z = v ^ (u64::from(a.port()) << 48) ^ 0x9e37_79b9_7f4a_7c15;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        ip ^ (u64::from(a.port()) << 48)
     }
-    end(a).wrapping_add(end(b))
+    let mut z = (end(a) ^ end(b)) ^ 0x9e37_79b9_7f4a_7c15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Hands a chunk to every worker; only they hold it then, so that the last one to finish
