@@ -576,7 +576,7 @@ mod test {
             let job = job.clone();
             std::thread::spawn(move || {
                 let limits = Arc::new(Limits::default());
-                let mut flow = FlowTable::new(limits, Arc::new(Vec::new()), 0);
+                let mut flow = FlowTable::new(limits, Arc::new(Vec::new()), n);
                 let mut out = Vec::new();
                 run(0, &job, &mut flow, &mut out, &tx, |out, _| {
                     out.clear();
