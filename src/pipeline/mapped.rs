@@ -273,7 +273,15 @@ impl Job {
 
     /// Whether window `k` is the last one to analyse.
     fn last(&self, k: usize, w: &Window) -> bool {
-        w.problem.is_some() || w.end >= self.map.bytes().len() || k + 1 >= self.windows
+        w.ends_the_file(self.map.bytes().len()) || k + 1 >= self.windows
+    }
+}
+
+impl Window {
+    /// Nothing follows this window: the walk stopped at a damaged or cut record, or reached
+    /// the end of the mapping (`len` bytes).
+    fn ends_the_file(&self, len: usize) -> bool {
+        self.problem.is_some() || self.end >= len
     }
 }
 
@@ -299,7 +307,7 @@ impl Table {
             };
             match slot {
                 Slot::Ready(w) if w.start == end => {
-                    let last = w.problem.is_some() || w.end >= len;
+                    let last = w.ends_the_file(len);
                     self.checked_end = w.end;
                     self.checked += 1;
                     if last {
