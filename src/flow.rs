@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 use serde_json::json;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 /// How long a closed connection's 4-tuple is remembered (packet time).
@@ -59,27 +59,51 @@ impl Backend {
 }
 
 /// The 4-tuple, in canonical (sorted) order so both directions find the same entry.
+///
+/// Built, hashed and compared once per segment, so each end is packed into integers: an
+/// IPv4 end into one `u64`. (A key of two `SocketAddr`s was 64 bytes to copy, hash and
+/// compare, and its wide loads of just-written addresses stalled.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key {
-    lo: SocketAddr,
-    hi: SocketAddr,
+pub enum Key {
+    /// Each end: address in the high 32 bits, port in the low 16.
+    V4 { lo: u64, hi: u64 },
+    /// Both ends IPv6 (or one of each, which no TCP connection has, but a damaged capture
+    /// may show): address bits (high, low half), port. Halves, not a `u128`, whose
+    /// alignment would make every key 80 bytes.
+    V6 {
+        lo: (u64, u64, u16),
+        hi: (u64, u64, u16),
+    },
 }
 
 impl Key {
+    #[inline]
     pub fn new(a: SocketAddr, b: SocketAddr) -> Key {
-        if a <= b {
-            Key { lo: a, hi: b }
-        } else {
-            Key { lo: b, hi: a }
+        match (a, b) {
+            (SocketAddr::V4(a), SocketAddr::V4(b)) => {
+                let pack =
+                    |e: SocketAddrV4| u64::from(e.ip().to_bits()) << 32 | u64::from(e.port());
+                let (a, b) = (pack(a), pack(b));
+                Key::V4 {
+                    lo: a.min(b),
+                    hi: a.max(b),
+                }
+            }
+            (a, b) => {
+                let end = |e: SocketAddr| {
+                    let ip = match e.ip() {
+                        IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
+                        IpAddr::V6(v6) => v6.to_bits(),
+                    };
+                    ((ip >> 64) as u64, ip as u64, e.port())
+                };
+                let (a, b) = (end(a), end(b));
+                Key::V6 {
+                    lo: a.min(b),
+                    hi: a.max(b),
+                }
+            }
         }
-    }
-
-    /// A hash that is the same for both directions, for sharding connections over workers.
-    pub fn shard_hash(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = rustc_hash::FxHasher::default();
-        self.hash(&mut h);
-        h.finish()
     }
 }
 
@@ -1014,5 +1038,36 @@ fn guess_client(c: &Conn, d: usize, payload: &[u8], backends: &[Backend]) -> usi
         d
     } else {
         1 - d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap_or_else(|_| unreachable!("{s}"))
+    }
+
+    #[test]
+    fn a_key_is_the_same_both_ways_and_tells_connections_apart() {
+        let (a, b, c) = (
+            addr("10.0.0.1:5555"),
+            addr("10.0.0.2:80"),
+            addr("10.0.0.1:80"),
+        );
+        let (v6a, v6b) = (addr("[::ffff:10.0.0.1]:5555"), addr("[2001:db8::2]:80"));
+        assert_eq!(Key::new(a, b), Key::new(b, a));
+        assert_eq!(Key::new(v6a, v6b), Key::new(v6b, v6a));
+        assert_ne!(Key::new(a, b), Key::new(c, b));
+        assert_ne!(Key::new(a, b), Key::new(a, c));
+        // Address and port do not blur into each other.
+        assert_ne!(
+            Key::new(addr("10.0.0.1:1"), b),
+            Key::new(addr("10.0.0.0:1"), b)
+        );
+        // An IPv4 end and its IPv6-mapped form are not the same connection.
+        assert_ne!(Key::new(a, b), Key::new(v6a, b));
+        assert_ne!(Key::new(a, b), Key::new(v6a, addr("[::ffff:10.0.0.2]:80")));
     }
 }
