@@ -5,7 +5,7 @@
 //! TCP payload bytes that were on the wire but not in the capture are reported as `missing`
 //! so reassembly can treat them as a capture gap instead of losing sync.
 
-use etherparse::{EtherType, LaxNetSlice, LaxSlicedPacket, TransportSlice};
+use etherparse::{EtherType, IpNumber, LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// libpcap link-layer header types (LINKTYPE_* values as stored in pcap files).
@@ -82,7 +82,11 @@ pub struct Segment<'a> {
 #[derive(Debug)]
 pub enum Decoded<'a> {
     Tcp(Segment<'a>),
-    /// Not TCP (UDP, ARP, ICMP, IP fragments...): counted and skipped.
+    /// A fragment of an IP packet that carries TCP. Fragments are not reassembled (on a
+    /// proxy↔backend link they are rare: TCP segments fit the path MTU), so the segment's
+    /// bytes become a capture gap; counted so that the summary can say why.
+    TcpFragment,
+    /// Not TCP (UDP, ARP, ICMP, fragments of other protocols...): counted and skipped.
     Other,
     /// Too short or inconsistent to decode; the reason is for the summary.
     Malformed(&'static str),
@@ -260,7 +264,7 @@ fn pppoe_payload<'a>(p: &LaxSlicedPacket<'a>) -> Option<(EtherType, &'a [u8])> {
 fn from_lax(p: LaxSlicedPacket<'_>, cut: u32) -> Decoded<'_> {
     // Bytes of the IP payload the header declares but the capture does not hold (snaplen):
     // taken from the IP length, not the frame length, so link trailers and padding never count.
-    let (src_ip, dst_ip, fragmented, missing) = match &p.net {
+    let (src_ip, dst_ip, fragmented, missing, carries_tcp) = match &p.net {
         Some(LaxNetSlice::Ipv4(v4)) => {
             let h = v4.header();
             let pl = v4.payload();
@@ -275,6 +279,7 @@ fn from_lax(p: LaxSlicedPacket<'_>, cut: u32) -> Decoded<'_> {
                 IpAddr::V4(h.destination_addr()),
                 pl.fragmented,
                 missing,
+                pl.ip_number == IpNumber::TCP,
             )
         }
         Some(LaxNetSlice::Ipv6(v6)) => {
@@ -292,13 +297,18 @@ fn from_lax(p: LaxSlicedPacket<'_>, cut: u32) -> Decoded<'_> {
                 IpAddr::V6(h.destination_addr()),
                 pl.fragmented,
                 missing,
+                pl.ip_number == IpNumber::TCP,
             )
         }
         _ => return Decoded::Other,
     };
     let _ = cut;
     if fragmented {
-        return Decoded::Other;
+        return if carries_tcp {
+            Decoded::TcpFragment
+        } else {
+            Decoded::Other
+        };
     }
     match p.transport {
         Some(TransportSlice::Tcp(tcp)) => {
@@ -331,7 +341,7 @@ fn from_lax(p: LaxSlicedPacket<'_>, cut: u32) -> Decoded<'_> {
                 .net
                 .as_ref()
                 .and_then(|n| n.ip_payload_ref())
-                .is_some_and(|pl| pl.ip_number == etherparse::IpNumber::TCP);
+                .is_some_and(|pl| pl.ip_number == IpNumber::TCP);
             if is_tcp {
                 Decoded::Malformed("TCP header cut short (snaplen or corrupt frame)")
             } else {
@@ -368,6 +378,37 @@ mod test {
         assert!(s.flags.ack());
         assert_eq!(s.payload, b"GET / HTTP/1.1\r\n\r\n");
         assert_eq!(s.missing, 0);
+    }
+
+    #[test]
+    fn fragments_of_tcp_packets_are_told_apart_from_other_traffic() {
+        let pkt = tcp_v4(&[b'x'; 100]);
+        let Some((first, rest)) = crate::synth::fragment_ipv4(&pkt, 48) else {
+            panic!("not split");
+        };
+        for f in [&first, &rest] {
+            assert!(matches!(
+                decode(linktype::RAW, f, f.len() as u32),
+                Decoded::TcpFragment
+            ));
+        }
+        // IPv6: a fragment header (44) whose next header is TCP (6), first fragment.
+        let mut v6 = vec![0x60, 0, 0, 0, 0, 24, 44, 64];
+        v6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        v6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        v6.extend_from_slice(&[6, 0, 0, 1, 0, 0, 0, 7]);
+        v6.extend_from_slice(&[0u8; 16]);
+        assert!(matches!(
+            decode(linktype::RAW, &v6, v6.len() as u32),
+            Decoded::TcpFragment
+        ));
+        // A fragment of anything else (UDP here) is just not TCP.
+        let mut udp = first.clone();
+        udp[9] = 17;
+        assert!(matches!(
+            decode(linktype::RAW, &udp, udp.len() as u32),
+            Decoded::Other
+        ));
     }
 
     #[test]

@@ -232,6 +232,10 @@ fn classify<'a>(
             }
             Some(seg)
         }
+        Decoded::TcpFragment => {
+            read.tcp_fragments += 1;
+            None
+        }
         Decoded::Other => {
             read.non_tcp_packets += 1;
             None

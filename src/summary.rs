@@ -103,6 +103,8 @@ pub struct ReadStats {
     pub malformed_packets: u64,
     /// Frames cut by the snaplen (their missing payload became capture gaps).
     pub snaplen_cut_frames: u64,
+    /// IP fragments of TCP packets: not reassembled, their bytes became capture gaps.
+    pub tcp_fragments: u64,
     /// libpcap statistics in live mode.
     pub kernel_received: Option<u64>,
     pub kernel_dropped: Option<u64>,
@@ -165,6 +167,7 @@ impl ReadStats {
         self.non_tcp_packets += o.non_tcp_packets;
         self.malformed_packets += o.malformed_packets;
         self.snaplen_cut_frames += o.snaplen_cut_frames;
+        self.tcp_fragments += o.tcp_fragments;
     }
 }
 
@@ -268,6 +271,12 @@ impl Summary {
             v.push(format!(
                 "{} frame(s) were cut by the snaplen; capture with -s 0 to see whole packets",
                 self.read.snaplen_cut_frames
+            ));
+        }
+        if self.read.tcp_fragments > 0 {
+            v.push(format!(
+                "{} packet(s) were IP fragments of TCP segments, which gatescope does not reassemble: what they carried is missing from the analysis (a capture gap where the connection is otherwise seen); capture on the sending host, before fragmentation, or find the MTU mismatch that splits them",
+                self.read.tcp_fragments
             ));
         }
         if self.flow.evicted > 0 {

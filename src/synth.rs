@@ -483,6 +483,38 @@ pub fn checksum_fold(mut acc: u64) -> u16 {
     !(acc as u16)
 }
 
+/// Splits an IPv4 packet into two fragments, the first carrying `first` bytes of its
+/// payload (rounded down to a multiple of 8, as fragment offsets are), the way a router
+/// with a smaller MTU would. `None` if it is not an IPv4 packet with a payload to split
+/// there.
+pub fn fragment_ipv4(packet: &[u8], first: usize) -> Option<(Vec<u8>, Vec<u8>)> {
+    let ihl = usize::from(packet.first()? & 0x0f) * 4;
+    if packet.first()? >> 4 != 4 || ihl < 20 || packet.len() <= ihl {
+        return None;
+    }
+    let (head, payload) = packet.split_at(ihl);
+    let first = first / 8 * 8;
+    if first == 0 || first >= payload.len() {
+        return None;
+    }
+    let piece = |bytes: &[u8], offset: usize, more: bool| {
+        let mut p = head.to_vec();
+        let total = u16::try_from(ihl + bytes.len()).unwrap_or(u16::MAX);
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        let frag = u16::try_from(offset / 8).unwrap_or(0) | if more { 0x2000 } else { 0 };
+        p[6..8].copy_from_slice(&frag.to_be_bytes());
+        p[10..12].copy_from_slice(&[0, 0]);
+        let sum = checksum_fold(checksum_add(0, &p));
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
+        p.extend_from_slice(bytes);
+        p
+    };
+    Some((
+        piece(&payload[..first], 0, true),
+        piece(&payload[first..], first, false),
+    ))
+}
+
 // ------------------------------------------------------------------------------------------
 // Fast path: Ethernet + IPv4 + TCP written by hand
 // ------------------------------------------------------------------------------------------

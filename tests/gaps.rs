@@ -88,3 +88,43 @@ fn a_response_lost_between_messages_does_not_shift_the_pairing() {
         ["complete", "capture_gap", "complete", "complete"]
     );
 }
+
+/// A response segment split into IP fragments (a smaller MTU on the path): fragments are not
+/// reassembled, so its bytes are a capture gap, and the summary says why — never a
+/// truncated response.
+#[test]
+fn a_fragmented_response_is_a_capture_gap_the_summary_explains() {
+    let mut c = Conversation::new(
+        "10.0.0.1:40002".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.handshake().client_send(REQ).server_send(RESP);
+    c.advance(500).client_fin().server_fin();
+    let mut packets = Vec::new();
+    for (ts, p) in c.into_packets() {
+        let is_response = p.windows(8).any(|w| w == b"HTTP/1.1");
+        let is_server = p.get(12..16) == Some(&[10, 0, 0, 2][..]);
+        match gatescope::synth::fragment_ipv4(&p, 24).filter(|_| is_response && is_server) {
+            Some((a, b)) => packets.extend([(ts, a), (ts, b)]),
+            None => packets.push((ts, p)),
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fragments.pcap");
+    let file = std::fs::File::create(&path).expect("create");
+    let mut w = PcapWriter::new(file, LinkType::Ethernet).expect("pcap");
+    w.write_packets(&packets).expect("write");
+    drop(w);
+
+    let (code, recs, _) = analyze_json(&[&path], &[]);
+    assert_eq!(finding_set(&recs), vec![("capture_gap".to_string(), 0)]);
+    assert_eq!(code, 0);
+    let summary = of_type(&recs, "summary")[0];
+    assert_eq!(summary["read"]["tcp_fragments"], 2);
+    let notes = summary["notes"].to_string();
+    assert!(
+        notes.contains("2 packet(s) were IP fragments of TCP segments"),
+        "{notes}"
+    );
+}

@@ -247,4 +247,19 @@ fn teaching_capture_details() {
         c["server"].as_str().is_some_and(|s| s.ends_with(":80")),
         "{c}"
     );
+    // An HTTP request carried in 11 IPv4 fragments (PcapPlusPlus' reassembly test): not
+    // reassembled, so no exchange is invented from it, and the summary says why.
+    let (_, recs, _) = analyze_json(
+        &[&root.join("captures/pcapplusplus/frag_http_req/frag_http_req.pcap")],
+        &[],
+    );
+    let summary = of_type(&recs, "summary")[0];
+    assert_eq!(summary["read"]["tcp_fragments"], 11);
+    assert_eq!(finding_set(&recs), Vec::<(String, u64)>::new());
+    assert!(
+        summary["notes"]
+            .to_string()
+            .contains("11 packet(s) were IP fragments of TCP segments"),
+        "{summary}"
+    );
 }
