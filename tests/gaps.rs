@@ -5,13 +5,15 @@ use common::*;
 use gatescope::synth::{Conversation, LinkType, PcapWriter};
 
 fn write(conv: Conversation) -> (tempfile::TempDir, std::path::PathBuf) {
+    write_packets(&conv.into_packets())
+}
+
+fn write_packets(packets: &[(i64, Vec<u8>)]) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("gap.pcap");
     let file = std::fs::File::create(&path).expect("create");
     let mut w = PcapWriter::new(file, LinkType::Ethernet).expect("pcap");
-    for (ts, p) in conv.into_packets() {
-        w.write_packet(ts, &p).expect("write");
-    }
+    w.write_packets(packets).expect("write");
     drop(w);
     (dir, path)
 }
@@ -110,13 +112,7 @@ fn a_fragmented_response_is_a_capture_gap_the_summary_explains() {
             None => packets.push((ts, p)),
         }
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("fragments.pcap");
-    let file = std::fs::File::create(&path).expect("create");
-    let mut w = PcapWriter::new(file, LinkType::Ethernet).expect("pcap");
-    w.write_packets(&packets).expect("write");
-    drop(w);
-
+    let (_d, path) = write_packets(&packets);
     let (code, recs, _) = analyze_json(&[&path], &[]);
     assert_eq!(finding_set(&recs), vec![("capture_gap".to_string(), 0)]);
     assert_eq!(code, 0);
