@@ -17,11 +17,15 @@
 # Request Packets" on SUB (requests cut by the end of SUB are complete for neither). The
 # script exits 1 if they differ.
 #
+# It also prints how long touching every page of FILE's mapping takes (gatescope-gen
+# page-touch, ms per GB), before and after the gatescope pairs: how the kernel holds the file
+# in its page cache (large or small folios) moves both gatescope rows and their ratio.
+#
 # GATESCOPE=path picks the binary (default: target/release/gatescope, built if missing).
 set -euo pipefail
 
 usage() {
-    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -50,6 +54,10 @@ cd "$(dirname "$0")/.."
 BIN=${GATESCOPE:-target/release/gatescope}
 if [ ! -x "$BIN" ]; then
     cargo build --release --quiet --bin gatescope
+fi
+GEN=$(dirname "$BIN")/gatescope-gen
+if [ ! -x "$GEN" ]; then
+    cargo build --release --quiet --bin gatescope-gen || true
 fi
 
 TMP=$(mktemp -d)
@@ -132,6 +140,13 @@ row tcpdump "$size" tcpdump -r "$FILE" -w /dev/null
 # measures the drift. The scaling is the median of the pairs' ratios.
 BYTES[gs1]=$size
 BYTES[gsN]=$size
+# How the kernel holds the file shapes both gatescope rows (see README, Performance):
+# touching every page of the mapping, in ms per GB, before and after the pairs.
+page_touch() {
+    cat "$FILE" >/dev/null
+    "$GEN" page-touch "$FILE" 2>/dev/null || echo "?"
+}
+TOUCH_BEFORE=$(page_touch)
 PAIRS=()
 for _ in $(seq "$RUNS"); do
     once "$BIN" analyze --threads 1 --format json "$FILE"
@@ -141,6 +156,7 @@ for _ in $(seq "$RUNS"); do
     best gsN
     PAIRS+=("$(awk -v a="$one" -v b="$T_WALL" 'BEGIN { printf "%.4f", a / b }')")
 done
+TOUCH_AFTER=$(page_touch)
 row gs1_sub "$sub_size" "$BIN" analyze --threads 1 --format json "$SUB"
 M_OUT=$TMP/tshark.out RUNS=1 row tshark "$sub_size" tshark -r "$SUB" -d "tcp.port==$PORT,http" -q -z http,tree
 
@@ -173,6 +189,8 @@ echo "scaling: --threads $THREADS is ${paired%% *}x --threads 1 (median of back-
     "best of each: $(awk -v a="${WALL[gs1]}" -v b="${WALL[gsN]}" 'BEGIN { printf "%.2f", a / b }')x;" \
     "gatescope is $(awk -v a="$(mbs gs1)" -v b="$(mbs tcpdump)" 'BEGIN { printf "%.2f", a / b }')x the libpcap floor" \
     "and $(awk -v a="$(mbs gs1_sub)" -v b="$(mbs tshark)" 'BEGIN { printf "%.0f", a / b }')x tshark"
+echo "page cache: touching every page of FILE's mapping took $TOUCH_BEFORE ms/GB before the" \
+    "gatescope pairs and $TOUCH_AFTER after (the project's VM: 10-30 in large folios, 90-180 in small ones)"
 
 # The check: complete requests, counted by both.
 tshark_requests=$(awk '/HTTP Request Packets/ { print $4; exit }' "$TMP/tshark.out")

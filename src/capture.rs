@@ -847,6 +847,54 @@ impl PcapFile {
     }
 }
 
+/// Milliseconds per GB that touching one byte of every page of `path`'s mapping takes:
+/// the cost of mapping the file's page cache, which gatescope pays once per page.
+///
+/// Why it is measured: it depends on how the kernel holds the file, not on gatescope. The
+/// project's 2-core VM took 10–30 ms/GB when the pages sat in large folios (a file just
+/// read back from disk) and 90–180 ms/GB in small ones (after memory reclaim split them),
+/// and the speed of one thread and the two-thread ratio move with it. `benches/compare.sh`
+/// prints it (through `gatescope-gen page-touch`) so that a run says what it measured.
+/// Like any reader of the mapping, the pages are read from disk first if they are not
+/// cached.
+pub fn page_touch_ms_per_gb(path: &std::path::Path) -> std::io::Result<f64> {
+    use std::os::fd::AsRawFd;
+    let file = File::open(path)?;
+    let len = usize::try_from(file.metadata()?.len())
+        .map_err(|_| std::io::Error::other("file too large to map"))?;
+    if len == 0 {
+        return Ok(0.0);
+    }
+    // SAFETY: a fresh read-only mapping of `len` bytes of an open file; failure is checked.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED || ptr.is_null() {
+        return Err(std::io::Error::last_os_error());
+    }
+    on_sigbus();
+    let start = std::time::Instant::now();
+    let mut sum = 0u8;
+    for off in (0..len).step_by(PAGE) {
+        // SAFETY: `off < len`, inside the mapping; a volatile read so that it is not elided.
+        sum ^= unsafe { std::ptr::read_volatile(ptr.cast::<u8>().add(off)) };
+    }
+    let took = start.elapsed();
+    std::hint::black_box(sum);
+    // SAFETY: the mapping made above, unmapped once; nothing refers to it any more.
+    unsafe {
+        libc::munmap(ptr, len);
+    }
+    Ok(took.as_secs_f64() * 1e3 / (len as f64 / 1e9))
+}
+
 /// Reads one capture file into the analyzer. Returns an error line (naming the file and the
 /// record) if the file could not be opened or was cut short; the packets read before the
 /// problem have been analysed either way.
@@ -1005,6 +1053,20 @@ fn read_libpcap(
 #[cfg(test)]
 pub(crate) mod test {
     use super::*;
+
+    #[test]
+    fn page_touch_times_a_file_and_names_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("pages");
+        std::fs::write(&path, vec![7u8; 64 << 10]).unwrap_or_else(|e| panic!("{e}"));
+        let ms = page_touch_ms_per_gb(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(ms.is_finite() && ms >= 0.0, "{ms}");
+        let missing = page_touch_ms_per_gb(&dir.path().join("none"));
+        assert_eq!(
+            missing.err().map(|e| e.kind()),
+            Some(std::io::ErrorKind::NotFound)
+        );
+    }
 
     #[test]
     fn native_records_round_trip() {

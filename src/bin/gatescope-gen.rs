@@ -91,6 +91,9 @@ enum Cmd {
         #[arg(long)]
         list: bool,
     },
+    /// Print how long touching every page of FILE's mapping takes (ms per GB): the state of
+    /// its page cache, on which benchmark figures depend (see benches/compare.sh).
+    PageTouch { file: PathBuf },
 }
 
 fn parse_attack(s: &str) -> Result<Attack, String> {
@@ -183,6 +186,9 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
+        Cmd::PageTouch { file } => gatescope::capture::page_touch_ms_per_gb(&file)
+            .map(|ms| println!("{ms:.1}"))
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", file.display()))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
