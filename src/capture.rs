@@ -617,25 +617,11 @@ impl PcapFile {
         if len <= data_start {
             return Err(self);
         }
-        use std::os::fd::AsRawFd;
-        // SAFETY: a fresh read-only mapping of `len` bytes of an open file; the kernel picks
-        // the address. Failure is checked below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                self.file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED || ptr.is_null() {
+        let Some(ptr) = map_read_only(&self.file, len) else {
             return Err(self);
-        }
-        on_sigbus();
+        };
         Ok(Mapped {
-            ptr: ptr.cast::<u8>().cast_const(),
+            ptr,
             len,
             data_start,
             file: self,
@@ -858,14 +844,35 @@ impl PcapFile {
 /// Like any reader of the mapping, the pages are read from disk first if they are not
 /// cached.
 pub fn page_touch_ms_per_gb(path: &std::path::Path) -> std::io::Result<f64> {
-    use std::os::fd::AsRawFd;
     let file = File::open(path)?;
     let len = usize::try_from(file.metadata()?.len())
         .map_err(|_| std::io::Error::other("file too large to map"))?;
     if len == 0 {
         return Ok(0.0);
     }
-    // SAFETY: a fresh read-only mapping of `len` bytes of an open file; failure is checked.
+    let ptr = map_read_only(&file, len).ok_or_else(std::io::Error::last_os_error)?;
+    let start = std::time::Instant::now();
+    let mut sum = 0u8;
+    for off in (0..len).step_by(PAGE) {
+        // SAFETY: `off < len`, inside the mapping; a volatile read so that it is not elided.
+        sum ^= unsafe { std::ptr::read_volatile(ptr.add(off)) };
+    }
+    let took = start.elapsed();
+    std::hint::black_box(sum);
+    // SAFETY: the mapping made above, unmapped once; nothing refers to it any more.
+    unsafe {
+        libc::munmap(ptr.cast_mut().cast(), len);
+    }
+    Ok(took.as_secs_f64() * 1e3 / (len as f64 / 1e9))
+}
+
+/// Maps `len` bytes of `file` read-only and shared (the page cache itself, no copy), with
+/// the SIGBUS handler in place for a file truncated under the mapping. `None` if it cannot
+/// be mapped (`errno` says why).
+fn map_read_only(file: &File, len: usize) -> Option<*const u8> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh read-only mapping of `len` bytes of an open file; the kernel picks
+    // the address. Failure is checked below.
     let ptr = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
@@ -877,22 +884,10 @@ pub fn page_touch_ms_per_gb(path: &std::path::Path) -> std::io::Result<f64> {
         )
     };
     if ptr == libc::MAP_FAILED || ptr.is_null() {
-        return Err(std::io::Error::last_os_error());
+        return None;
     }
     on_sigbus();
-    let start = std::time::Instant::now();
-    let mut sum = 0u8;
-    for off in (0..len).step_by(PAGE) {
-        // SAFETY: `off < len`, inside the mapping; a volatile read so that it is not elided.
-        sum ^= unsafe { std::ptr::read_volatile(ptr.cast::<u8>().add(off)) };
-    }
-    let took = start.elapsed();
-    std::hint::black_box(sum);
-    // SAFETY: the mapping made above, unmapped once; nothing refers to it any more.
-    unsafe {
-        libc::munmap(ptr, len);
-    }
-    Ok(took.as_secs_f64() * 1e3 / (len as f64 / 1e9))
+    Some(ptr.cast::<u8>().cast_const())
 }
 
 /// Reads one capture file into the analyzer. Returns an error line (naming the file and the
