@@ -4,7 +4,8 @@
 #   benches/compare.sh FILE [--port PORT] [--tshark-limit MB] [--runs N] [--threads N]
 #
 # Rows (each the best of --runs runs, page cache warm; peak RSS from /usr/bin/time; the
-# two gatescope rows run in turns, and the scaling is the median of their paired ratios):
+# two gatescope rows run in turns, and the scaling is the median of their paired ratios;
+# their CPU time, all threads, is printed too: the cost of sharding):
 #   tcpdump -r FILE -w /dev/null              libpcap reading and writing every record: a floor
 #   gatescope --threads 1 --format json FILE  the full analysis, JSON Lines to /dev/null
 #   gatescope --threads N --format json FILE  N = --threads, default: the number of cores
@@ -65,7 +66,8 @@ trap 'rm -rf "$TMP"' EXIT
 
 size=$(stat -c %s "$FILE")
 
-# One run of "$@": wall time (s) into T_WALL, peak RSS (KiB) into T_RSS.
+# One run of "$@": wall time (s) into T_WALL, peak RSS (KiB) into T_RSS, CPU time (user +
+# system, s) into T_CPU.
 once() {
     # Page cache warm for every run: the kernel may reclaim a large file's pages between
     # runs (DAMON-based reclaim on some VMs), which made single runs vary by 2x.
@@ -73,7 +75,7 @@ once() {
     local t0 t1 m
     t0=$(date +%s%N)
     # exit 1 (error findings) is a normal outcome of an analysis
-    if ! /usr/bin/time -f "%e %M" -o "$TMP/time" "$@" >"${M_OUT:-/dev/null}" 2>"$TMP/err"; then
+    if ! /usr/bin/time -f "%e %M %U %S" -o "$TMP/time" "$@" >"${M_OUT:-/dev/null}" 2>"$TMP/err"; then
         if [ "$(head -n 1 "$TMP/time" | cut -c1-7)" = "Command" ] &&
             ! grep -q "non-zero status 1$" "$TMP/time"; then
             echo "compare.sh: failed: $*" >&2
@@ -82,9 +84,10 @@ once() {
         fi
     fi
     t1=$(date +%s%N)
-    read -r _ m < <(tail -n 1 "$TMP/time")
+    read -r _ m u s < <(tail -n 1 "$TMP/time")
     T_WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", (b - a) / 1e9 }')
     T_RSS=$m
+    T_CPU=$(awk -v u="$u" -v s="$s" 'BEGIN { printf "%.2f", u + s }')
 }
 
 declare -A WALL RSS BYTES
@@ -148,12 +151,16 @@ page_touch() {
 }
 TOUCH_BEFORE=$(page_touch)
 PAIRS=()
+CPU1=()
+CPUN=()
 for _ in $(seq "$RUNS"); do
     once "$BIN" analyze --threads 1 --format json "$FILE"
     best gs1
     one=$T_WALL
+    CPU1+=("$T_CPU")
     once "$BIN" analyze --threads "$THREADS" --format json "$FILE"
     best gsN
+    CPUN+=("$T_CPU")
     PAIRS+=("$(awk -v a="$one" -v b="$T_WALL" 'BEGIN { printf "%.4f", a / b }')")
 done
 TOUCH_AFTER=$(page_touch)
@@ -189,6 +196,13 @@ echo "scaling: --threads $THREADS is ${paired%% *}x --threads 1 (median of back-
     "best of each: $(awk -v a="${WALL[gs1]}" -v b="${WALL[gsN]}" 'BEGIN { printf "%.2f", a / b }')x;" \
     "gatescope is $(awk -v a="$(mbs gs1)" -v b="$(mbs tcpdump)" 'BEGIN { printf "%.2f", a / b }')x the libpcap floor" \
     "and $(awk -v a="$(mbs gs1_sub)" -v b="$(mbs tshark)" 'BEGIN { printf "%.0f", a / b }')x tshark"
+# CPU time (all threads) is what sharding costs, whatever the machine's drift: with N
+# threads the wall time can be at best the N-thread CPU time / N.
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { printf "%.2f", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+c1=$(median "${CPU1[@]}")
+cN=$(median "${CPUN[@]}")
+echo "cpu: --threads 1 used $c1 s, --threads $THREADS used $cN s of CPU (medians;" \
+    "$(awk -v a="$c1" -v b="$cN" 'BEGIN { printf "%+.0f %%", (a > 0 ? (b / a - 1) * 100 : 0) }') for sharding)"
 echo "page cache: touching every page of FILE's mapping took $TOUCH_BEFORE ms/GB before the" \
     "gatescope pairs and $TOUCH_AFTER after (the project's VM: 10-30 in large folios, 90-180 in small ones)"
 
