@@ -7,6 +7,7 @@ use crate::flow::FlowStats;
 use crate::record::Record;
 use crate::time::Ts;
 use indexmap::IndexMap;
+use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -182,7 +183,9 @@ pub struct Summary {
     pub findings: BTreeMap<Kind, u64>,
     pub by_severity: BTreeMap<Severity, u64>,
     pub low_confidence: u64,
-    pub backends: IndexMap<SocketAddr, BackendStats>,
+    /// Hashed with FxHash, like the flow table: looked up once per record written, and the
+    /// keys are bounded ([`MAX_BACKENDS`]).
+    pub backends: IndexMap<SocketAddr, BackendStats, FxBuildHasher>,
     /// Problems with the input (unreadable file, truncated record...), one line each.
     pub input_errors: Vec<String>,
     /// Lines worth a user's attention about the run itself (drops, limits).
