@@ -565,90 +565,30 @@ enum Item {
     Full(Box<Record>),
 }
 
-/// Records of a batch, with their keys.
-type Items = Vec<(OrderKey, Item)>;
-
 /// A batch of records from one worker, in the order produced.
 struct Batch {
-    items: Items,
+    items: Vec<(OrderKey, Item)>,
     /// The rendered bytes of the batch's [`Item::Bytes`].
     bytes: Vec<u8>,
 }
 
-/// Renders worker `w`'s batch of records with `render`, if any, into buffers the writing
-/// thread gave back.
-fn render(
-    w: usize,
-    records: &mut Vec<(OrderKey, Record)>,
-    render: &Option<Render>,
-    spares: &Spares,
-) -> Batch {
-    let (mut items, mut bytes) = spares.take(w);
-    items.extend(records.drain(..).map(|(k, r)| match render {
-        Some(f) => {
-            let from = bytes.len() as u32;
-            f(&r, &mut bytes);
-            let to = bytes.len() as u32;
-            let obs = Observed::of(&r);
-            (k, Item::Bytes { obs, from, to })
-        }
-        None => (k, Item::Full(Box::new(r))),
-    }));
+/// Renders a batch of records with `render`, if any.
+fn render(records: &mut Vec<(OrderKey, Record)>, render: &Option<Render>) -> Batch {
+    let mut bytes = Vec::new();
+    let items = records
+        .drain(..)
+        .map(|(k, r)| match render {
+            Some(f) => {
+                let from = bytes.len() as u32;
+                f(&r, &mut bytes);
+                let to = bytes.len() as u32;
+                let obs = Observed::of(&r);
+                (k, Item::Bytes { obs, from, to })
+            }
+            None => (k, Item::Full(Box::new(r))),
+        })
+        .collect();
     Batch { items, bytes }
-}
-
-/// Buffers given back to keep, per worker and kind.
-const SPARES_KEPT: usize = 4;
-
-/// Buffers larger than this (a batch with an unusual number of records) are not kept.
-const SPARE_MAX_BYTES: usize = 4 << 20;
-
-/// The buffers of batches the writing thread is done with, given back to the worker that
-/// filled them. Otherwise each batch's buffers are allocated on a worker and freed on the
-/// writing thread: new pages, zeroed by the kernel, for every batch (28 MB of them for the
-/// JSON of a 1 GB capture), and allocator locks shared between threads.
-struct Spares {
-    /// Per worker: emptied item lists, and cleared byte buffers.
-    items: Vec<Mutex<Vec<Items>>>,
-    bytes: Vec<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl Spares {
-    fn new(workers: usize) -> Spares {
-        Spares {
-            items: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
-            bytes: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
-        }
-    }
-
-    fn take(&self, w: usize) -> (Items, Vec<u8>) {
-        let items = self.items.get(w).and_then(|l| lock(l).pop());
-        let bytes = self.bytes.get(w).and_then(|l| lock(l).pop());
-        (items.unwrap_or_default(), bytes.unwrap_or_default())
-    }
-
-    fn give_items(&self, w: usize, mut v: Items) {
-        v.clear();
-        let size = v.capacity() * std::mem::size_of::<(OrderKey, Item)>();
-        keep(self.items.get(w), v, size);
-    }
-
-    fn give_bytes(&self, w: usize, mut v: Vec<u8>) {
-        v.clear();
-        let size = v.capacity();
-        keep(self.bytes.get(w), v, size);
-    }
-}
-
-/// Keeps buffer `v` (of `size` bytes) in `list`, unless the list has enough or `v` is too
-/// large to hold on to.
-fn keep<T>(list: Option<&Mutex<Vec<T>>>, v: T, size: usize) {
-    if let Some(l) = list {
-        let mut l = lock(l);
-        if l.len() < SPARES_KEPT && size <= SPARE_MAX_BYTES {
-            l.push(v);
-        }
-    }
 }
 
 /// To the calling thread.
@@ -817,15 +757,13 @@ impl Sharded {
         let mut workers = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         let renderer = collector.out.renderer();
-        let spares = Arc::new(Spares::new(n));
         for w in 0..n {
             let (tx, rx) = channel::<Work>();
             let report = report_tx.clone();
             let flow = FlowTable::new(cfg.limits.clone(), cfg.backends.clone(), n);
             let renderer = renderer.clone();
-            let spares = spares.clone();
             handles.push(spawn(format!("gs-worker-{w}"), move || {
-                worker(w, flow, rx, report, renderer, spares)
+                worker(w, flow, rx, report, renderer)
             }));
             workers.push(tx);
         }
@@ -836,7 +774,7 @@ impl Sharded {
             pool: Arc::new(Pool::new(n * CHUNKS_PER_WORKER + 1, n)),
             filling: None,
             indexer: Indexer::default(),
-            merger: Merger::new(n, collector, spares),
+            merger: Merger::new(n, collector),
             spare: Vec::new(),
         }
     }
@@ -1121,7 +1059,6 @@ fn worker(
     rx: Receiver<Work>,
     tx: SyncSender<Report>,
     renderer: Option<Render>,
-    spares: Arc<Spares>,
 ) {
     let mut out: Vec<(OrderKey, Record)> = Vec::new();
     // Chunks done since the last report, and how far they went.
@@ -1130,7 +1067,7 @@ fn worker(
     let mut prompt = false;
     let mut upto: Pos = (0, 0);
     let report = |out: &mut Vec<(OrderKey, Record)>, adv: u32, upto: Pos| {
-        let records = render(id, out, &renderer, &spares);
+        let records = render(out, &renderer);
         tx.send(Report::Records {
             worker: id,
             adv,
@@ -1255,7 +1192,7 @@ fn worker(
                     out: &mut out,
                 };
                 flow.drain(&mut ctx);
-                let records = render(id, &mut out, &renderer, &spares);
+                let records = render(&mut out, &renderer);
                 let _ = tx.send(Report::Done {
                     worker: id,
                     records,
@@ -1277,21 +1214,16 @@ struct Merger {
     queues: Vec<VecDeque<Queued>>,
     upto: Vec<Pos>,
     ready: Vec<Queued>,
-    /// Byte buffers of batches whose records still wait, with their worker.
-    held: VecDeque<(usize, Arc<Vec<u8>>)>,
-    spares: Arc<Spares>,
     collector: Collector,
     flow: FlowStats,
 }
 
 impl Merger {
-    fn new(n: usize, collector: Collector, spares: Arc<Spares>) -> Merger {
+    fn new(n: usize, collector: Collector) -> Merger {
         Merger {
             queues: (0..n).map(|_| VecDeque::new()).collect(),
             upto: vec![(0, 0); n],
             ready: Vec::new(),
-            held: VecDeque::new(),
-            spares,
             collector,
             flow: FlowStats::default(),
         }
@@ -1301,20 +1233,14 @@ impl Merger {
         let (Some(q), Some(u)) = (self.queues.get_mut(w), self.upto.get_mut(w)) else {
             return;
         };
-        let Batch { mut items, bytes } = records;
+        let bytes = Arc::new(records.bytes);
+        q.extend(
+            records
+                .items
+                .into_iter()
+                .map(|(k, item)| (adv, k, item, bytes.clone())),
+        );
         *u = (*u).max(upto);
-        if items.is_empty() {
-            self.spares.give_bytes(w, bytes);
-        } else {
-            let bytes = Arc::new(bytes);
-            q.extend(
-                items
-                    .drain(..)
-                    .map(|(k, item)| (adv, k, item, bytes.clone())),
-            );
-            self.held.push_back((w, bytes));
-        }
-        self.spares.give_items(w, items);
     }
 
     /// Worker `w` has no records before frame `marks[w]` still to come.
@@ -1348,35 +1274,5 @@ impl Merger {
                 Item::Full(r) => self.collector.emit(&r),
             }
         }
-        // Buffers all of whose records are written go back to their worker.
-        for (w, b) in std::mem::take(&mut self.held) {
-            match Arc::try_unwrap(b) {
-                Ok(v) => self.spares.give_bytes(w, v),
-                Err(b) => self.held.push_back((w, b)),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The writing thread gives buffers back, but a worker keeps only a few, and none of
-    /// the unusually large: what it holds is bounded whatever the batches were.
-    #[test]
-    fn a_worker_keeps_a_few_given_back_buffers_and_no_large_one() {
-        let spares = Spares::new(2);
-        spares.give_bytes(0, Vec::with_capacity(SPARE_MAX_BYTES + 1));
-        for _ in 0..10 {
-            spares.give_bytes(0, Vec::with_capacity(1000));
-        }
-        let kept: Vec<usize> = (0..10)
-            .map(|_| spares.take(0).1.capacity())
-            .filter(|&c| c > 0)
-            .collect();
-        assert_eq!(kept, vec![1000; SPARES_KEPT]);
-        // Worker 1 was given nothing: it starts from empty buffers.
-        assert_eq!(spares.take(1).1.capacity(), 0);
     }
 }

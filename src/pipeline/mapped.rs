@@ -98,10 +98,8 @@ struct Table {
     released: usize,
     /// Workers waiting for a change.
     waiting: usize,
-    /// Per worker: windows done with that it indexed, for their buffers. A worker writes
-    /// into buffers it wrote last: the other worker only read them, and their lines
-    /// are more likely still in this core's cache than in the other's in a modified state.
-    spare: Vec<Vec<Window>>,
+    /// Windows done with, for their buffers.
+    spare: Vec<Window>,
     /// Windows before this one were all taken for indexing (or checked).
     ahead: usize,
 }
@@ -129,8 +127,6 @@ struct Window {
     segs: Segs,
     /// Counts for these frames.
     read: ReadStats,
-    /// The worker that indexed it.
-    by: usize,
     records: u64,
     /// The walk stopped in this window (damaged or cut record): the file ends here.
     problem: Option<String>,
@@ -175,7 +171,7 @@ impl Job {
                 next: vec![0; n],
                 released: 0,
                 waiting: 0,
-                spare: (0..n).map(|_| Vec::new()).collect(),
+                spare: Vec::new(),
                 ahead: 0,
             }),
             changed: Condvar::new(),
@@ -207,12 +203,11 @@ impl Job {
         ((k * self.window).max(d), (k + 1) * self.window)
     }
 
-    /// Worker `me` indexes windows together (see [`Mapped::records_interleaved`]): each
-    /// `(k, start, spare)` is window `k`, from `start` if known, else from a guess, into a
-    /// spare's buffers if there is one.
+    /// Indexes windows together (see [`Mapped::records_interleaved`]): each `(k, start,
+    /// spare)` is window `k`, from `start` if known, else from a guess, into a spare's buffers
+    /// if there is one.
     fn index(
         &self,
-        me: usize,
         batch: Vec<(usize, Option<usize>, Option<Box<Window>>)>,
     ) -> Vec<(usize, Window)> {
         let b = self.map.bytes();
@@ -240,7 +235,6 @@ impl Job {
                 max_ts: Ts(i64::MIN),
                 segs,
                 read: ReadStats::default(),
-                by: me,
                 records: 0,
                 problem: None,
             };
@@ -405,22 +399,14 @@ pub(super) fn run(
                 let within = c < limit;
                 if let Some(s @ (Slot::Pending | Slot::Redo)) = t.slot(c).filter(|_| within) {
                     *s = Slot::Indexing;
-                    batch.push((
-                        c,
-                        Some(exact),
-                        t.spare.get_mut(id).and_then(Vec::pop).map(Box::new),
-                    ));
+                    batch.push((c, Some(exact), t.spare.pop().map(Box::new)));
                 }
                 while batch.len() < WALKS && t.ahead < limit {
                     let k = t.ahead;
                     t.ahead += 1;
                     if let Some(s @ Slot::Pending) = t.slot(k) {
                         *s = Slot::Indexing;
-                        batch.push((
-                            k,
-                            None,
-                            t.spare.get_mut(id).and_then(Vec::pop).map(Box::new),
-                        ));
+                        batch.push((k, None, t.spare.pop().map(Box::new)));
                     }
                 }
                 if !batch.is_empty() {
@@ -434,7 +420,7 @@ pub(super) fn run(
         match step {
             Step::Done => break,
             Step::Index(batch) => {
-                let done = job.index(id, batch);
+                let done = job.index(batch);
                 let mut t = job.lock();
                 for (k, w) in done {
                     if let Some(s) = t.slot(k) {
@@ -553,12 +539,9 @@ fn forget(job: &Job, id: usize, next: usize) {
     while t.base < slowest.min(t.checked) {
         if let Some(Slot::Ready(w)) = t.slots.pop_front() {
             upto = Some(w.end);
-            // Nobody holds it any more (every worker is past it): its buffers are reused
-            // by the worker that wrote them.
+            // Nobody holds it any more (every worker is past it): its buffers are reused.
             if let Ok(w) = Arc::try_unwrap(w) {
-                if let Some(s) = t.spare.get_mut(w.by) {
-                    s.push(w);
-                }
+                t.spare.push(w);
             }
         }
         t.base += 1;
