@@ -204,7 +204,7 @@ cN=$(median "${CPUN[@]}")
 echo "cpu: --threads 1 used $c1 s, --threads $THREADS used $cN s of CPU (medians;" \
     "$(awk -v a="$c1" -v b="$cN" 'BEGIN { printf "%+.0f %%", (a > 0 ? (b / a - 1) * 100 : 0) }') for sharding)"
 echo "page cache: touching every page of FILE's mapping took $TOUCH_BEFORE ms/GB before the" \
-    "gatescope pairs and $TOUCH_AFTER after (the project's VM: 10-30 in large folios, 90-180 in small ones)"
+    "gatescope pairs and $TOUCH_AFTER after (a few to 30: pages in large folios; 90-180: in small ones; see README)"
 
 # The check: complete requests, counted by both.
 tshark_requests=$(awk '/HTTP Request Packets/ { print $4; exit }' "$TMP/tshark.out")
