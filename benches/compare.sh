@@ -193,8 +193,8 @@ echo "(speed: MB/s relative to gatescope --threads 1 on the same input)"
 echo
 # The median of its arguments (numbers), with two decimals.
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { printf "%.2f", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-paired="$(median "${PAIRS[@]}") $(printf '%s\n' "${PAIRS[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "%.2f-%.2f over %d pairs", a[1], a[NR], NR }')"
-echo "scaling: --threads $THREADS is ${paired%% *}x --threads 1 (median of back-to-back pairs: ${paired#* });" \
+range=$(printf '%s\n' "${PAIRS[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "%.2f-%.2f over %d pairs", a[1], a[NR], NR }')
+echo "scaling: --threads $THREADS is $(median "${PAIRS[@]}")x --threads 1 (median of back-to-back pairs: $range);" \
     "best of each: $(awk -v a="${WALL[gs1]}" -v b="${WALL[gsN]}" 'BEGIN { printf "%.2f", a / b }')x;" \
     "gatescope is $(awk -v a="$(mbs gs1)" -v b="$(mbs tcpdump)" 'BEGIN { printf "%.2f", a / b }')x the libpcap floor" \
     "and $(awk -v a="$(mbs gs1_sub)" -v b="$(mbs tshark)" 'BEGIN { printf "%.0f", a / b }')x tshark"
