@@ -5,7 +5,8 @@
 #
 # Rows (each the best of --runs runs, page cache warm; peak RSS from /usr/bin/time; the
 # two gatescope rows run in turns, and the scaling is the median of their paired ratios;
-# their CPU time, all threads, is printed too: the cost of sharding):
+# their CPU time, all threads, is printed too: the cost of sharding; and in the same turns,
+# N single-thread runs at once: the most this machine gives N cores, the scaling's ceiling):
 #   tcpdump -r FILE -w /dev/null              libpcap reading and writing every record: a floor
 #   gatescope --threads 1 --format json FILE  the full analysis, JSON Lines to /dev/null
 #   gatescope --threads N --format json FILE  N = --threads, default: the number of cores
@@ -26,7 +27,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -89,6 +90,36 @@ once() {
     T_RSS=$m
     T_CPU=$(awk -v u="$u" -v s="$s" 'BEGIN { printf "%.2f", u + s }')
 }
+
+# THREADS copies of "$@" at once, each with its own output: wall time (s) of the lot into
+# T_WALL, CPU time per copy (s, the median) into T_CPU. What the machine gives THREADS
+# independent analyses that share nothing: the most any sharding could give.
+together() {
+    cat "$FILE" "$SUB" >/dev/null
+    local t0 t1 i pids=() cpus=()
+    t0=$(date +%s%N)
+    for i in $(seq "$THREADS"); do
+        /usr/bin/time -f "%e %M %U %S" -o "$TMP/time.$i" "$@" >/dev/null 2>"$TMP/err.$i" &
+        pids+=($!)
+    done
+    for i in "${!pids[@]}"; do
+        # exit 1 (error findings) is a normal outcome
+        wait "${pids[$i]}" || [ $? -eq 1 ] || {
+            echo "compare.sh: failed: $*" >&2
+            cat "$TMP/err.$((i + 1))" >&2
+            exit 2
+        }
+    done
+    t1=$(date +%s%N)
+    T_WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", (b - a) / 1e9 }')
+    for i in $(seq "$THREADS"); do
+        cpus+=("$(tail -n 1 "$TMP/time.$i" | awk '{ printf "%.2f", $3 + $4 }')")
+    done
+    T_CPU=$(median "${cpus[@]}")
+}
+
+# The median of its arguments (numbers), with two decimals.
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { printf "%.2f", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 declare -A WALL RSS BYTES
 
@@ -153,6 +184,8 @@ TOUCH_BEFORE=$(page_touch)
 PAIRS=()
 CPU1=()
 CPUN=()
+CEIL=()
+CPUC=()
 for _ in $(seq "$RUNS"); do
     once "$BIN" analyze --threads 1 --format json "$FILE"
     best gs1
@@ -162,6 +195,9 @@ for _ in $(seq "$RUNS"); do
     best gsN
     CPUN+=("$T_CPU")
     PAIRS+=("$(awk -v a="$one" -v b="$T_WALL" 'BEGIN { printf "%.4f", a / b }')")
+    together "$BIN" analyze --threads 1 --format json "$FILE"
+    CPUC+=("$T_CPU")
+    CEIL+=("$(awk -v a="$one" -v b="$T_WALL" -v n="$THREADS" 'BEGIN { printf "%.4f", n * a / b }')")
 done
 TOUCH_AFTER=$(page_touch)
 row gs1_sub "$sub_size" "$BIN" analyze --threads 1 --format json "$SUB"
@@ -191,8 +227,6 @@ for r in tcpdump gs1 gsN gs1_sub tshark; do
 done
 echo "(speed: MB/s relative to gatescope --threads 1 on the same input)"
 echo
-# The median of its arguments (numbers), with two decimals.
-median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { printf "%.2f", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 range=$(printf '%s\n' "${PAIRS[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "%.2f-%.2f over %d pairs", a[1], a[NR], NR }')
 echo "scaling: --threads $THREADS is $(median "${PAIRS[@]}")x --threads 1 (median of back-to-back pairs: $range);" \
     "best of each: $(awk -v a="${WALL[gs1]}" -v b="${WALL[gsN]}" 'BEGIN { printf "%.2f", a / b }')x;" \
@@ -204,8 +238,15 @@ c1=$(median "${CPU1[@]}")
 cN=$(median "${CPUN[@]}")
 echo "cpu: --threads 1 used $c1 s, --threads $THREADS used $cN s of CPU (medians;" \
     "$(awk -v a="$c1" -v b="$cN" 'BEGIN { printf "%+.0f %%", (a > 0 ? (b / a - 1) * 100 : 0) }') for sharding)"
+# The machine's own limit: THREADS single-thread analyses at once, sharing nothing but the
+# page cache. On a shared VM two busy vCPUs are not always two cores' worth.
+cC=$(median "${CPUC[@]}")
+echo "ceiling: $THREADS --threads 1 runs at once: $(median "${CEIL[@]}")x the throughput of one" \
+    "(median of the same turns; CPU per run $cC s, alone $c1 s); --threads $THREADS reached" \
+    "$(awk -v a="$(median "${PAIRS[@]}")" -v b="$(median "${CEIL[@]}")" 'BEGIN { printf "%.0f", (b > 0 ? a / b * 100 : 0) }') % of that"
 echo "page cache: touching every page of FILE's mapping took $TOUCH_BEFORE ms/GB before the" \
-    "gatescope pairs and $TOUCH_AFTER after (a few to 30: pages in large folios; 90-180: in small ones; see README)"
+    "gatescope pairs and $TOUCH_AFTER after (the larger the page cache's folios, the lower: a few ms when" \
+    "they are 2 MiB, 40-180 when small, by machine; see README)"
 
 # The check: complete requests, counted by both.
 tshark_requests=$(awk '/HTTP Request Packets/ { print $4; exit }' "$TMP/tshark.out")
