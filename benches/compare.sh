@@ -107,6 +107,7 @@ together() {
         wait "${pids[$i]}" || [ $? -eq 1 ] || {
             echo "compare.sh: failed: $*" >&2
             cat "$TMP/err.$((i + 1))" >&2
+            kill "${pids[@]}" 2>/dev/null || true
             exit 2
         }
     done
@@ -246,7 +247,7 @@ echo "ceiling: $THREADS --threads 1 runs at once: $(median "${CEIL[@]}")x the th
     "$(awk -v a="$(median "${PAIRS[@]}")" -v b="$(median "${CEIL[@]}")" 'BEGIN { printf "%.0f", (b > 0 ? a / b * 100 : 0) }') % of that"
 echo "page cache: touching every page of FILE's mapping took $TOUCH_BEFORE ms/GB before the" \
     "gatescope pairs and $TOUCH_AFTER after (the larger the page cache's folios, the lower: a few ms when" \
-    "they are 2 MiB, 40-180 when small, by machine; see README)"
+    "they are 2 MiB, 40-180 when small, by machine; see benches/PERFORMANCE.md)"
 
 # The check: complete requests, counted by both.
 tshark_requests=$(awk '/HTTP Request Packets/ { print $4; exit }' "$TMP/tshark.out")
