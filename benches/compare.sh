@@ -67,13 +67,16 @@ trap 'rm -rf "$TMP"' EXIT
 
 size=$(stat -c %s "$FILE")
 
+# Seconds since $1 (from date +%s%N), four decimals.
+seconds_since() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.4f", (b - a) / 1e9 }'; }
+
 # One run of "$@": wall time (s) into T_WALL, peak RSS (KiB) into T_RSS, CPU time (user +
 # system, s) into T_CPU.
 once() {
     # Page cache warm for every run: the kernel may reclaim a large file's pages between
     # runs (DAMON-based reclaim on some VMs), which made single runs vary by 2x.
     cat "$FILE" "$SUB" >/dev/null
-    local t0 t1 m
+    local t0 m
     t0=$(date +%s%N)
     # exit 1 (error findings) is a normal outcome of an analysis
     if ! /usr/bin/time -f "%e %M %U %S" -o "$TMP/time" "$@" >"${M_OUT:-/dev/null}" 2>"$TMP/err"; then
@@ -84,9 +87,8 @@ once() {
             exit 2
         fi
     fi
-    t1=$(date +%s%N)
+    T_WALL=$(seconds_since "$t0")
     read -r _ m u s < <(tail -n 1 "$TMP/time")
-    T_WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", (b - a) / 1e9 }')
     T_RSS=$m
     T_CPU=$(awk -v u="$u" -v s="$s" 'BEGIN { printf "%.2f", u + s }')
 }
@@ -96,7 +98,7 @@ once() {
 # independent analyses that share nothing: the most any sharding could give.
 together() {
     cat "$FILE" "$SUB" >/dev/null
-    local t0 t1 i pids=() cpus=()
+    local t0 i pids=() cpus=()
     t0=$(date +%s%N)
     for i in $(seq "$THREADS"); do
         /usr/bin/time -f "%e %M %U %S" -o "$TMP/time.$i" "$@" >/dev/null 2>"$TMP/err.$i" &
@@ -111,8 +113,7 @@ together() {
             exit 2
         }
     done
-    t1=$(date +%s%N)
-    T_WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", (b - a) / 1e9 }')
+    T_WALL=$(seconds_since "$t0")
     for i in $(seq "$THREADS"); do
         cpus+=("$(tail -n 1 "$TMP/time.$i" | awk '{ printf "%.2f", $3 + $4 }')")
     done
