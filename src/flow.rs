@@ -153,6 +153,9 @@ struct Dir {
     first_gap: Option<(Ts, u64, u64)>,
     /// The out-of-order buffer overflowed (reported once).
     overflow_reported: bool,
+    /// Any segment of this direction was captured (a capture of one direction only, from
+    /// asymmetric routing or a one-sided filter, knows the other only from its ACKs).
+    seen: bool,
 }
 
 #[derive(Debug)]
@@ -425,6 +428,7 @@ impl FlowTable {
         let d = if seg.src == c.a { 0 } else { 1 };
         c.packets += 1;
         c.last = ctx.ts;
+        c.dirs[d].seen = true;
         let flags = seg.flags;
 
         if flags.syn() {
@@ -453,6 +457,30 @@ impl FlowTable {
             if c.dirs[d].reasm.is_none() {
                 c.dirs[d].reasm = Some(Reassembler::new(
                     seg.seq.wrapping_add(1),
+                    limits.max_ooo_bytes,
+                    limits.max_ooo_segments,
+                ));
+            }
+        }
+
+        if flags.ack() && !flags.rst() {
+            // The client's ACK of the handshake: the server answered the SYN even if the
+            // capture missed its SYN-ACK (a capture of one direction only).
+            if !flags.syn()
+                && c.client == Some(d)
+                && c.syn
+                    .as_ref()
+                    .is_some_and(|s| s.isn.wrapping_add(1) == seg.seq)
+            {
+                c.synack = true;
+            }
+            // The other direction, not captured yet, sends next what this segment
+            // acknowledges: its stream starts there, so that bytes acknowledged but never
+            // captured become a gap instead of going unnoticed.
+            let o = 1 - d;
+            if c.dirs[o].reasm.is_none() {
+                c.dirs[o].reasm = Some(Reassembler::new(
+                    seg.ack,
                     limits.max_ooo_bytes,
                     limits.max_ooo_segments,
                 ));
@@ -565,6 +593,18 @@ impl FlowTable {
                     offset: r.next_offset(),
                 };
                 let held_before = r.buffered();
+                if !dir.seen
+                    && !r.finished()
+                    && r.buffered() == 0
+                    && r.offset_of(seg.ack) == r.next_offset() as i64 + 1
+                {
+                    // A direction the capture never carried: its FIN is known only as one
+                    // more acknowledged sequence number after its data. Taken as the FIN
+                    // (not a byte of data), so that it closes the stream and is not
+                    // counted as a missing byte.
+                    r.segment(seg.ack.wrapping_sub(1), &[], 0, true, &mut sink);
+                    dir.fin = true;
+                }
                 r.acked(seg.ack, &mut sink);
                 ooo.held = ooo
                     .held
@@ -781,6 +821,28 @@ impl FlowTable {
                 }
             }
             self.stats.gap_bytes += gap_total;
+            // One direction with no packet at all: the capture saw one side only.
+            let unseen = (0..2).find(|&d| !c.dirs[d].seen);
+            let msg = match unseen {
+                Some(d) => {
+                    let (who, other) = if d == client_dir {
+                        ("client", "server")
+                    } else {
+                        ("server", "client")
+                    };
+                    let lost = c.dirs[d].reasm.as_ref().map_or(0, |r| r.gap_bytes);
+                    format!(
+                        "the capture holds no packet from the {who}: only one direction was captured (asymmetric routing, or a capture filter on one address); the {lost} byte(s) the {other} acknowledged from it are missing. Not a backend fault: capture both directions (e.g. tcpdump 'host {}')",
+                        server.ip()
+                    )
+                }
+                None => format!(
+                    "{gap_total} byte(s) of this connection are missing from the capture (not a backend fault: findings nearby have low confidence)"
+                ),
+            };
+            if unseen.is_some() {
+                ev.insert("one_direction_only".to_string(), json!(true));
+            }
             session.em.finding(
                 ctx,
                 Kind::CaptureGap,
@@ -790,9 +852,7 @@ impl FlowTable {
                     ..ExRef::default()
                 },
                 first,
-                format!(
-                    "{gap_total} byte(s) of this connection are missing from the capture (not a backend fault: findings nearby have low confidence)"
-                ),
+                msg,
                 ev,
             );
         }

@@ -124,3 +124,51 @@ fn a_fragmented_response_is_a_capture_gap_the_summary_explains() {
         "{notes}"
     );
 }
+
+/// The packets of `conv` sent from `ip` only (IPv4 packets: the source address is at bytes
+/// 12..16): what a capture of one direction holds.
+fn one_direction(conv: Conversation, ip: [u8; 4]) -> Vec<(i64, Vec<u8>)> {
+    conv.into_packets()
+        .into_iter()
+        .filter(|(_, p)| p.get(12..16) == Some(&ip[..]))
+        .collect()
+}
+
+#[test]
+fn a_capture_of_the_client_side_only_is_a_capture_gap_not_unanswered_syns() {
+    let mut c = Conversation::new(
+        "10.0.0.1:40002".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.handshake().client_send(REQ).server_send(RESP);
+    c.advance(2_000_000).client_send(REQ).server_send(RESP);
+    c.advance(1000).server_fin().client_fin();
+    let (_d, path) = write_packets(&one_direction(c, [10, 0, 0, 1]));
+    let (code, recs, _) = analyze_json(&[&path], &[]);
+    assert_eq!(finding_set(&recs), vec![("capture_gap".to_string(), 0)]);
+    assert_eq!(code, 0);
+    let gap = &of_type(&recs, "finding")[0];
+    assert_eq!(gap["evidence"]["one_direction_only"], true);
+    // Both responses, and nothing more: the server's FIN is not a missing byte.
+    assert_eq!(gap["evidence"]["to_client"]["bytes"], 2 * RESP.len() as u64);
+    let conn = &of_type(&recs, "connection")[0];
+    assert_eq!(conn["close"]["fin"]["first"], "server");
+}
+
+#[test]
+fn a_capture_of_the_server_side_only_is_a_capture_gap_not_unsolicited_responses() {
+    let mut c = Conversation::new(
+        "10.0.0.1:40003".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.handshake().client_send(REQ).server_send(RESP);
+    c.advance(1000).client_fin().server_fin();
+    let (_d, path) = write_packets(&one_direction(c, [10, 0, 0, 2]));
+    let (code, recs, _) = analyze_json(&[&path], &[]);
+    assert_eq!(finding_set(&recs), vec![("capture_gap".to_string(), 0)]);
+    assert_eq!(code, 0);
+    let gap = &of_type(&recs, "finding")[0];
+    assert_eq!(gap["evidence"]["to_server"]["bytes"], REQ.len() as u64);
+}
