@@ -957,7 +957,12 @@ fn read_stdin(analyzer: &mut Analyzer) -> Result<u64, String> {
         }
     });
     let read = read_libpcap(LibpcapSource::Fd(rd.into()), shown, None, analyzer);
-    let _ = pump.join();
+    // After a whole read the pump has hit the end of stdin. After a failure it may be
+    // blocked writing to a pipe nobody reads (libpcap does not close a descriptor it refused):
+    // waiting for it would hang on any input larger than the pipe; it ends with the process.
+    if read.is_ok() {
+        let _ = pump.join();
+    }
     read
 }
 

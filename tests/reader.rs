@@ -400,3 +400,41 @@ fn a_file_truncated_while_it_is_read_ends_with_a_message() {
         );
     }
 }
+
+#[test]
+fn a_large_non_capture_on_stdin_is_refused_without_hanging() {
+    // More than a pipe holds (64 KiB): libpcap refuses it after reading the first bytes.
+    let garbage: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 + 3) as u8).collect();
+    let mut child = Command::new(bin())
+        .args(["analyze", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&garbage);
+    });
+    // Bounded wait: a hang fails the test instead of stalling the suite.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = feeder.join();
+    let status = status.expect("gatescope hung on a large non-capture input on stdin");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("not a readable pcap"), "{err}");
+}
