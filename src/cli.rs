@@ -97,7 +97,7 @@ pub struct Common {
     pub all: bool,
     /// Worker threads (connections are sharded by 4-tuple; output is identical for any value).
     /// Default: the number of cores.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_threads)]
     pub threads: Option<usize>,
     /// Add a field to every JSON line (e.g. --tag host=web1 --tag capture=eth0), for log
     /// pipelines.
@@ -141,10 +141,27 @@ pub struct Common {
 
 fn parse_tag(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
+        Some((k, _)) if crate::record::FIELDS.contains(&k) => Err(format!(
+            "'{k}' is a field of gatescope's own records (a tag would overwrite it); pick another key, e.g. capture_{k}"
+        )),
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("'{s}' is not KEY=VALUE")),
     }
 }
+
+/// Worker threads: at least one, and not more than gatescope can usefully start.
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not a thread count from 1 to {MAX_THREADS}"
+        )),
+    }
+}
+
+/// Far beyond any core count this runs on: each worker holds its own flow table and
+/// buffers, so thousands would cost memory and startup for nothing.
+const MAX_THREADS: usize = 256;
 
 impl Common {
     fn config(&self) -> Config {
@@ -169,7 +186,7 @@ impl Common {
         Config {
             limits: Arc::new(limits),
             backends: Arc::new(self.backends.clone()),
-            threads: threads.max(1),
+            threads: threads.clamp(1, MAX_THREADS),
         }
     }
 

@@ -200,3 +200,38 @@ fn live_on_a_missing_interface_names_it_and_exits_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nonexist0"), "{err}");
 }
+
+#[test]
+fn a_tag_cannot_overwrite_any_field_gatescope_writes() {
+    let demo = repo().join("captures/demo.pcap");
+    let (code, recs, _) = analyze_json(&[&demo], &["--all"]);
+    assert_eq!(code, 1);
+    let mut keys: Vec<String> = recs
+        .iter()
+        .filter_map(|r| r.as_object())
+        .flat_map(|m| m.keys().cloned())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert!(keys.contains(&"type".to_string()), "{keys:?}");
+    for k in keys {
+        let tag = format!("{k}=x");
+        let out = run(&["analyze", "--format", "json", "--tag", &tag, "-"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--tag {tag}: {err}");
+        assert!(err.contains("field of gatescope"), "--tag {tag}: {err}");
+    }
+    // Any other key is added to every line.
+    let (_, recs, _) = analyze_json(&[&demo], &["--tag", "host=web1"]);
+    assert!(recs.iter().all(|r| r["host"] == "web1"));
+}
+
+#[test]
+fn a_thread_count_out_of_range_is_a_usage_error() {
+    for n in ["0", "100000"] {
+        let out = run(&["analyze", "--threads", n, "captures/demo.pcap"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("thread count from 1 to 256"), "{err}");
+    }
+}

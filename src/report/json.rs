@@ -34,7 +34,8 @@ impl<W: Write + Send> JsonLines<W> {
     fn line(&mut self, mut v: serde_json::Value, urgent: bool) -> io::Result<()> {
         if let serde_json::Value::Object(m) = &mut v {
             for (k, x) in &self.extra {
-                m.insert(k.clone(), x.clone());
+                // Never over a field of the record (`--tag` refuses those names anyway).
+                m.entry(k.clone()).or_insert_with(|| x.clone());
             }
         }
         serde_json::to_writer(&mut self.w, &v)?;
@@ -55,13 +56,16 @@ impl<W: Write + Send> JsonLines<W> {
 
 /// One record's line, as `JsonLines::record` writes it.
 fn render(r: &Record, extra: &serde_json::Map<String, serde_json::Value>, out: &mut Vec<u8>) {
+    // `out` holds the lines rendered before this one (a worker's batch): only this line may
+    // be taken back.
+    let start = out.len();
     let written = if extra.is_empty() {
         serde_json::to_writer(&mut *out, r)
     } else {
         serde_json::to_value(r).and_then(|mut v| {
             if let serde_json::Value::Object(m) = &mut v {
                 for (k, x) in extra {
-                    m.insert(k.clone(), x.clone());
+                    m.entry(k.clone()).or_insert_with(|| x.clone());
                 }
             }
             serde_json::to_writer(&mut *out, &v)
@@ -70,7 +74,7 @@ fn render(r: &Record, extra: &serde_json::Map<String, serde_json::Value>, out: &
     // Records hold no maps with non-string keys nor failing Serialize impls; should that
     // change, the line is left out rather than written half.
     if written.is_err() {
-        out.clear();
+        out.truncate(start);
         return;
     }
     out.push(b'\n');
