@@ -13,11 +13,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 /// A log-bucketed histogram of microsecond values: 8 buckets per power of two (relative
-/// error under 12.5 %), fixed size, so percentiles cost no memory per sample.
+/// error under 12.5 %), fixed size, so percentiles cost no memory per sample. The smallest
+/// and largest values are kept exactly: a quantile never falls outside them (one sample is
+/// its own p50 and p99), and the top rank is the maximum itself.
 #[derive(Clone, Debug)]
 pub struct Histogram {
     counts: Vec<u64>,
     pub n: u64,
+    pub min: u64,
     pub max: u64,
 }
 
@@ -26,6 +29,7 @@ impl Default for Histogram {
         Histogram {
             counts: vec![0; 8 + 61 * 8],
             n: 0,
+            min: u64::MAX,
             max: 0,
         }
     }
@@ -55,6 +59,7 @@ impl Histogram {
         let i = Self::bucket(v).min(self.counts.len() - 1);
         self.counts[i] += 1;
         self.n += 1;
+        self.min = self.min.min(v);
         self.max = self.max.max(v);
     }
 
@@ -64,11 +69,17 @@ impl Histogram {
             return None;
         }
         let rank = ((q * self.n as f64).ceil() as u64).clamp(1, self.n);
+        if rank == self.n {
+            return Some(self.max);
+        }
+        if rank == 1 {
+            return Some(self.min);
+        }
         let mut seen = 0;
         for (i, &c) in self.counts.iter().enumerate() {
             seen += c;
             if seen >= rank {
-                return Some(Self::bucket_mid(i).min(self.max));
+                return Some(Self::bucket_mid(i).clamp(self.min, self.max));
             }
         }
         Some(self.max)
@@ -79,6 +90,7 @@ impl Histogram {
             *a += b;
         }
         self.n += o.n;
+        self.min = self.min.min(o.min);
         self.max = self.max.max(o.max);
     }
 }
@@ -181,6 +193,9 @@ pub struct Summary {
     pub connections: u64,
     pub exchanges: u64,
     pub findings: BTreeMap<Kind, u64>,
+    /// Findings by kind and the severity they were given (which depends on the case: an
+    /// unsolicited response after a capture gap is only information).
+    pub by_kind_severity: BTreeMap<(Kind, Severity), u64>,
     pub by_severity: BTreeMap<Severity, u64>,
     pub low_confidence: u64,
     /// Hashed with FxHash, like the flow table: looked up once per record written, and the
@@ -218,6 +233,7 @@ impl Summary {
                 server,
             } => {
                 *self.findings.entry(kind).or_default() += 1;
+                *self.by_kind_severity.entry((kind, severity)).or_default() += 1;
                 *self.by_severity.entry(severity).or_default() += 1;
                 if low {
                     self.low_confidence += 1;
@@ -358,5 +374,33 @@ mod test {
         assert!((p50 - 500_000.0).abs() / 500_000.0 < 0.13, "{p50}");
         assert_eq!(h.quantile(1.0), Some(1_000_000));
         assert_eq!(Histogram::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn quantiles_never_leave_the_values_seen() {
+        // One sample is every percentile of itself.
+        let mut one = Histogram::default();
+        one.add(12_177_000);
+        assert_eq!(
+            [0.5, 0.95, 0.99].map(|q| one.quantile(q)),
+            [Some(12_177_000); 3]
+        );
+        // Five samples: p95 and p99 are the largest, p50 lies within them.
+        let mut five = Histogram::default();
+        for v in [15_200, 15_900, 16_400, 17_100, 18_000] {
+            five.add(v);
+        }
+        assert_eq!(five.quantile(0.95), Some(18_000));
+        assert_eq!(five.quantile(0.99), Some(18_000));
+        let p50 = five.quantile(0.5).unwrap_or_default();
+        assert!((15_200..=18_000).contains(&p50), "{p50}");
+        // Merged from two workers: the same.
+        let mut a = Histogram::default();
+        a.add(15_200);
+        let mut b = Histogram::default();
+        b.add(1_520);
+        a.merge(&b);
+        assert_eq!(a.quantile(0.5), Some(1_520));
+        assert_eq!(a.quantile(0.99), Some(15_200));
     }
 }

@@ -127,7 +127,7 @@ impl<W: Write + Send> Output for TableReport<W> {
         if !s.findings.is_empty() {
             let mut b = Builder::default();
             b.push_record(["finding", "severity", "count", "what the gateway did"]);
-            for (k, n) in &s.findings {
+            for (&(k, sev), n) in &s.by_kind_severity {
                 let h = k.hint();
                 let status = if h.nginx_status > 0 {
                     format!(
@@ -142,7 +142,7 @@ impl<W: Write + Send> Output for TableReport<W> {
                 };
                 b.push_record([
                     k.name().to_string(),
-                    k.severity().as_str().to_string(),
+                    sev.as_str().to_string(),
                     n.to_string(),
                     status,
                 ]);
