@@ -11,6 +11,8 @@ use std::path::PathBuf;
 fn shared_or_skip(test: &str) -> Option<PathBuf> {
     let s = shared();
     if s.is_none() {
+        // CI always has ../shared beside the clone: there, a skip would hide a lost check.
+        assert!(!ci(), "{test}: ../shared/captures missing under CI=true");
         eprintln!("{test}: ../shared/captures not present; skipped");
     }
     s
