@@ -972,6 +972,13 @@ enum LibpcapSource<'a> {
 }
 
 fn stopped(shown: &str, records: u64, e: &str) -> String {
+    if e.contains("different from the type of the first interface") {
+        // A valid pcapng from `dumpcap -i eth0 -i tun0` or joined sections: libpcap reads
+        // one link type per file. Not damage: say how to get the parts through.
+        return format!(
+            "{shown}: stopped after record {records}: its interfaces have different link types ({e}), which libpcap cannot read in one file; split it per interface (e.g. tshark -r {shown} -Y 'frame.interface_id == 1' -w part1.pcapng) and give the parts to gatescope together"
+        );
+    }
     format!(
         "{shown}: stopped after record {records}: {e} (the file is truncated or corrupt; results up to that record are reported)"
     )

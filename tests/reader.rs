@@ -438,3 +438,44 @@ fn a_large_non_capture_on_stdin_is_refused_without_hanging() {
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("not a readable pcap"), "{err}");
 }
+
+/// One pcapng block: type, body (padded to 4 bytes), lengths around it.
+fn ng_block(kind: u32, body: &[u8]) -> Vec<u8> {
+    let pad = (4 - body.len() % 4) % 4;
+    let len = (12 + body.len() + pad) as u32;
+    let mut b = Vec::new();
+    b.extend(kind.to_le_bytes());
+    b.extend(len.to_le_bytes());
+    b.extend(body);
+    b.extend(std::iter::repeat_n(0u8, pad));
+    b.extend(len.to_le_bytes());
+    b
+}
+
+#[test]
+fn a_pcapng_with_interfaces_of_different_link_types_says_how_to_split_it() {
+    let mut shb = Vec::new();
+    shb.extend(0x1a2b_3c4du32.to_le_bytes());
+    shb.extend(1u16.to_le_bytes());
+    shb.extend(0u16.to_le_bytes());
+    shb.extend((-1i64).to_le_bytes());
+    let idb = |link: u16| {
+        let mut b = Vec::new();
+        b.extend(link.to_le_bytes());
+        b.extend(0u16.to_le_bytes());
+        b.extend(65535u32.to_le_bytes());
+        b
+    };
+    let mut file = ng_block(0x0a0d_0d0a, &shb);
+    file.extend(ng_block(1, &idb(1))); // Ethernet
+    file.extend(ng_block(1, &idb(101))); // raw IP, as from a tun interface
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("two-links.pcapng");
+    std::fs::write(&p, &file).expect("write");
+    let (code, _, err) = run_file(&[p], &["--format", "json"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("different link types") && err.contains("frame.interface_id"),
+        "{err}"
+    );
+}
