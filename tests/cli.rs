@@ -239,3 +239,48 @@ fn a_thread_count_out_of_range_is_a_usage_error() {
         assert!(err.contains("thread count from 1 to 256"), "{err}");
     }
 }
+
+#[test]
+fn the_table_keeps_a_late_error_when_there_are_more_connections_than_it_shows() {
+    use gatescope::synth::{Conversation, LinkType, PcapWriter};
+    const REQ: &[u8] = b"GET / HTTP/1.1\r\nHost: b\r\n\r\n";
+    let mut packets = Vec::new();
+    // 300 slow answers (warnings), then one truncated body (an error) at the very end.
+    for i in 0..301u16 {
+        let client = format!("10.0.0.1:{}", 20_000 + i).parse().expect("addr");
+        let mut c = Conversation::new(
+            client,
+            "10.0.0.2:8080".parse().expect("addr"),
+            1_700_000_000_000_000 + i64::from(i) * 100_000,
+        );
+        c.handshake().client_send(REQ).advance(50_000);
+        if i < 300 {
+            c.server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            c.client_fin().server_fin();
+        } else {
+            c.server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nok");
+            c.server_fin().client_fin();
+        }
+        packets.extend(c.into_packets());
+    }
+    packets.sort_by_key(|(t, _)| *t);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("many.pcap");
+    let mut w =
+        PcapWriter::new(std::fs::File::create(&p).expect("create"), LinkType::Raw).expect("pcap");
+    w.write_packets(&packets).expect("write");
+    drop(w);
+    let out = run(&[
+        "analyze",
+        "--slow-first-byte",
+        "10ms",
+        p.to_str().expect("utf-8 path"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("ERROR truncated_body"), "{text}");
+    assert!(
+        text.contains("and 101 more connection(s) with findings"),
+        "{text}"
+    );
+}

@@ -17,7 +17,10 @@ use tabled::{builder::Builder, Table};
 
 const MAX_EXCHANGES_SHOWN: usize = 40;
 const MAX_FINDINGS_SHOWN: usize = 40;
-const MAX_BLOCKS: usize = 1000;
+/// Connection blocks printed (the worst kept when there are more): a screenful of tables per
+/// block, so more than this is for `--format json`; and the blocks are held until the
+/// summary, so the cap bounds the table's memory.
+const MAX_BLOCKS: usize = 200;
 
 #[derive(Default)]
 struct Block {
@@ -100,7 +103,23 @@ impl<W: Write + Send> Output for TableReport<W> {
                     if self.done.len() < MAX_BLOCKS {
                         self.done.push((c.clone(), b));
                     } else {
+                        // Full: the block shown is the worse one (an error seen late must
+                        // not lose its place to the warnings of earlier connections; among
+                        // equals, the earlier connection stays).
                         self.more_blocks += 1;
+                        let least = self
+                            .done
+                            .iter()
+                            .enumerate()
+                            .min_by_key(|(_, (c, b))| (worst(b), std::cmp::Reverse(c.id)))
+                            .map(|(i, (_, kept))| (i, worst(kept)));
+                        if let Some((i, kept)) = least {
+                            if worst(&b) > kept {
+                                if let Some(slot) = self.done.get_mut(i) {
+                                    *slot = (c.clone(), b);
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -194,7 +213,6 @@ impl<W: Write + Send> Output for TableReport<W> {
             writeln!(w, "note: {n}")?;
         }
         // Worst first (errors, then warnings), then in the order connections started.
-        let worst = |b: &Block| b.findings.iter().map(|f| f.severity).max();
         self.done
             .sort_by(|(c1, b1), (c2, b2)| worst(b2).cmp(&worst(b1)).then(c1.id.cmp(&c2.id)));
         for (c, b) in &self.done {
@@ -209,6 +227,11 @@ impl<W: Write + Send> Output for TableReport<W> {
         }
         w.flush()
     }
+}
+
+/// The most severe finding of a block.
+fn worst(b: &Block) -> Option<Severity> {
+    b.findings.iter().map(|f| f.severity).max()
 }
 
 fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block) -> io::Result<()> {
