@@ -127,7 +127,9 @@ impl fmt::Display for Kind {
 pub struct GatewayHint {
     /// The nginx error-log line (without the " while ..." tail where the phase says it).
     pub nginx: &'static str,
-    /// The status nginx answers the client with (0: none; the response passes through).
+    /// The status nginx answers the client with (0: nginx makes no status of its own: the
+    /// backend's response passes through, possibly truncated). 499 is what nginx logs for a
+    /// request its client abandoned (the client gets nothing).
     pub nginx_status: u16,
     /// HAProxy's termination state (first two characters).
     pub haproxy: &'static str,
@@ -175,9 +177,13 @@ impl Kind {
                 "SH",
                 "UC",
             ),
+            // nginx has already sent the status line and headers to the client when the body
+            // phase fails: the client gets the backend's status with a truncated body, not a 502
+            // (the 502 is only nginx's internal finalize code; see GATEWAYS.md §4.1 and the e2e
+            // run in README).
             Kind::TruncatedBody => h(
                 "upstream prematurely closed connection while reading upstream (client gets a truncated response)",
-                502,
+                0,
                 "SD",
                 "UC",
             ),
@@ -223,9 +229,12 @@ impl Kind {
                 "PH",
                 "UPE",
             ),
+            // Body phase too: the header is already committed, so the client gets a truncated
+            // response, or a closed connection with nothing when the bad chunk came in the
+            // same read as the head (what the e2e run saw with nginx 1.22); never a 502 page.
             Kind::InvalidChunk => h(
-                "upstream sent invalid chunked response while reading upstream",
-                502,
+                "upstream sent invalid chunked response while reading upstream (client gets a truncated response, or none when the bad chunk came with the head)",
+                0,
                 "PD",
                 "UPE",
             ),
@@ -270,6 +279,55 @@ impl Kind {
             Kind::MalformedRequest => h("(request built by the proxy; check the client side)", 0, "-", "-"),
             Kind::LimitReached => h("(gatescope limit, not a gateway event)", 0, "-", "-"),
         }
+    }
+}
+
+/// Below this many milliseconds between the proxy's last reason to wait (the request, or the
+/// backend's last byte) and its close, the close is not a timeout: no gateway is configured
+/// that tight (nginx and HAProxy default to 60 s and tens of seconds, Envoy's route timeout to
+/// 15 s; even aggressive per-try timeouts are a few hundred ms). It is the proxy aborting,
+/// typically because its own client went away (nginx 499).
+pub const MIN_PLAUSIBLE_TIMEOUT_MS: f64 = 100.0;
+
+/// What the proxy's close means for an `abandoned_by_client` finding. The kind's static hint
+/// ([`Kind::hint`]) is the common case (nothing received yet, a timeout possible); the phase and
+/// the idle time change what nginx can have done: once the backend's status line reached the
+/// client, nginx cannot answer 504 any more, and a close far below any timeout is an abort.
+pub fn abandoned_hint(response_started: bool, idle_ms: f64) -> GatewayHint {
+    let h = |nginx, nginx_status, haproxy, envoy| GatewayHint {
+        nginx,
+        nginx_status,
+        haproxy,
+        envoy,
+    };
+    if idle_ms < MIN_PLAUSIBLE_TIMEOUT_MS {
+        return if response_started {
+            h(
+                "client prematurely closed connection while reading upstream (the proxy aborted: its client went away; logged as 499)",
+                499,
+                "CD",
+                "DC",
+            )
+        } else {
+            h(
+                "client prematurely closed connection (the proxy aborted: its client went away; logged as 499)",
+                499,
+                "CH",
+                "DC",
+            )
+        };
+    }
+    if response_started {
+        // proxy_read_timeout runs between two reads; in the body phase nginx logs it "while
+        // reading upstream" and can only cut the response it has started to pass on.
+        h(
+            "upstream timed out (110: Connection timed out) while reading upstream (the client gets a truncated response), or client prematurely closed connection (499)",
+            0,
+            "sD / CD",
+            "UT / DC",
+        )
+    } else {
+        Kind::AbandonedByClient.hint()
     }
 }
 

@@ -528,6 +528,9 @@ impl FlowTable {
         };
         if side == Side::Server && has_payload {
             c.server_spoke = true;
+            if let Some(s) = c.session.as_mut() {
+                s.server_segment(ctx.ts);
+            }
         }
 
         // Zero window: the sender of this segment has no room to receive.

@@ -10,7 +10,7 @@
 //! finding about how it ended: the first explanation wins (a keep-alive race explains the
 //! reset that follows it; a proxy timeout explains the backend's close after it).
 
-use crate::findings::{Confidence, Kind, Severity};
+use crate::findings::{self, Confidence, GatewayHint, Kind, Severity};
 use crate::h1::{self, escape, Framing, Parser, Position, Role, Step, Violation};
 use crate::limits::Limits;
 use crate::record::{self, ConnId, OrderKey, Outcome, Record, Side};
@@ -84,6 +84,23 @@ impl Emitter {
         message: String,
         evidence: Map<String, Value>,
     ) {
+        self.finding_with_hint(ctx, kind, severity, ex, at, message, evidence, kind.hint());
+    }
+
+    /// [`Emitter::finding`] with a hint chosen from the evidence rather than the kind's
+    /// default (what a gateway does can depend on the phase and the timing).
+    #[allow(clippy::too_many_arguments)]
+    pub fn finding_with_hint(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        kind: Kind,
+        severity: Severity,
+        ex: &ExRef,
+        at: Option<(Ts, u64)>,
+        message: String,
+        evidence: Map<String, Value>,
+        hint: GatewayHint,
+    ) {
         let (ts, frame) = at.unwrap_or((ctx.ts, ctx.frame));
         self.findings += 1;
         if severity == Severity::Error {
@@ -108,7 +125,7 @@ impl Emitter {
             status: ex.status,
             message,
             evidence,
-            hint: kind.hint(),
+            hint,
         };
         self.push(ctx, Record::Finding(f));
     }
@@ -154,6 +171,10 @@ struct Exch {
     /// An error finding explains how this exchange ended; no second one.
     explained: bool,
     slow_reported: bool,
+    /// A tick found the wait slow; the finding is written at the connection's next event (or
+    /// tick), once that event's capture gaps are known: a gap that hides the response's first
+    /// bytes makes the finding low confidence (when the byte came is then unknown).
+    slow_due: bool,
     gap: bool,
     emitted: bool,
     /// The response completed after the proxy's FIN: written at the end, once it is known
@@ -224,12 +245,25 @@ pub struct Session {
     /// The proxy reset after its FIN: its FIN was a full close (it had given up), not a
     /// half-close.
     client_reset_after_fin: bool,
+    /// Packet time of the backend's latest byte: nginx's proxy_read_timeout (and HAProxy's
+    /// `timeout server`) run between two reads, so a proxy timeout is measured from here.
+    last_server_data: Option<Ts>,
+    /// [`Session::last_server_data`] when the proxy first closed: what the proxy had been
+    /// waiting since, even if the backend spoke again after the close.
+    last_server_data_at_client_close: Option<Ts>,
     /// A capture gap on the client side may have swallowed whole requests since the last one
     /// seen.
     requests_lost: bool,
     slow_first_byte_us: u64,
     max_pending: usize,
     pending_limit_hit: bool,
+    /// gatescope stopped framing the response stream because of one of its own limits
+    /// (`limit_reached`): from there on it does not know where responses start or end, so it
+    /// gives no verdict that depends on it (no abandonment, no slow first byte).
+    resp_unframed: bool,
+    /// The same for the request stream: responses that follow answer requests gatescope did
+    /// not parse, so they are not unsolicited.
+    req_unframed: bool,
 }
 
 fn looks_like_response(data: &[u8]) -> bool {
@@ -270,10 +304,14 @@ impl Session {
             midstream: midstream_client || midstream_server,
             server_spoke_after_client_fin: false,
             client_reset_after_fin: false,
+            last_server_data: None,
+            last_server_data_at_client_close: None,
             requests_lost: false,
             slow_first_byte_us: limits.slow_first_byte_us,
             max_pending: limits.max_pending,
             pending_limit_hit: false,
+            resp_unframed: false,
+            req_unframed: false,
         }
     }
 
@@ -299,6 +337,7 @@ impl Session {
     // ---------------------------------------------------------------- client side
 
     pub fn client_data(&mut self, data: &[u8], ctx: &mut Ctx<'_>) {
+        self.flush_slow(ctx);
         self.flush_excess(ctx);
         let mut d = data;
         while !d.is_empty() || self.req.owes_step() {
@@ -443,6 +482,9 @@ impl Session {
             .or(self.pending.len().checked_sub(1))
             .map(|i| self.pending[i].exref())
             .unwrap_or_default();
+        if matches!(v, Violation::Limit { .. }) {
+            self.req_unframed = true;
+        }
         let (kind, msg, ev) = match v {
             Violation::Limit { which, limit } => (
                 Kind::LimitReached,
@@ -461,7 +503,16 @@ impl Session {
 
     // ---------------------------------------------------------------- server side
 
+    /// A segment carrying backend bytes was captured at `ts`. Kept apart from
+    /// [`Session::server_data`] because bytes that wait behind a hole reach the session only
+    /// when the hole is filled or declared a gap (at the close, perhaps much later); the
+    /// proxy's read timer saw them arrive.
+    pub fn server_segment(&mut self, ts: Ts) {
+        self.last_server_data = Some(ts);
+    }
+
     pub fn server_data(&mut self, data: &[u8], ctx: &mut Ctx<'_>) {
+        self.flush_slow(ctx);
         if self.client_closed.is_some() {
             self.server_spoke_after_client_fin = true;
         }
@@ -563,7 +614,7 @@ impl Session {
             let lost = self.requests_lost;
             self.pending.push_back(Exch {
                 index,
-                unsolicited: !lost,
+                unsolicited: !lost && !self.req_unframed,
                 req_done: true,
                 explained: true,
                 gap: lost,
@@ -754,6 +805,10 @@ impl Session {
         }
         if fatal && kind == Kind::LimitReached {
             e.outcome.get_or_insert(Outcome::Invalid);
+            // Not a verdict on the backend: what follows in this stream is unknown to us,
+            // including whether this response completed (see `resp_unframed`).
+            e.explained = true;
+            self.resp_unframed = true;
         }
         let ex = e.exref();
         self.em.finding(
@@ -772,6 +827,7 @@ impl Session {
     pub fn gap(&mut self, side: Side, len: u64, ctx: &mut Ctx<'_>) {
         match side {
             Side::Client => {
+                self.flush_slow(ctx);
                 let requesting = self.requesting();
                 if let Some(i) = requesting {
                     self.pending[i].gap = true;
@@ -798,6 +854,8 @@ impl Session {
                         self.pending[i].gap = true;
                     }
                 }
+                // A slow wait found by a tick whose response start may be in this gap.
+                self.flush_slow(ctx);
                 if !self.resp.gap(len) {
                     // The response (or its start) is lost: what happened to it is unknown.
                     // It is a capture gap, never a truncation or a missing response.
@@ -827,11 +885,13 @@ impl Session {
 
     /// The client (proxy) side ended its stream.
     pub fn client_close(&mut self, how: CloseKind, ctx: &mut Ctx<'_>) {
+        self.flush_slow(ctx);
         if how == CloseKind::Rst && matches!(self.client_closed, Some((_, _, CloseKind::Fin))) {
             self.client_reset_after_fin = true;
         }
         if self.client_closed.is_none() {
             self.client_closed = Some((ctx.ts, ctx.frame, how));
+            self.last_server_data_at_client_close = self.last_server_data;
         }
         if how == CloseKind::Rst && self.server_closed.is_none() {
             self.abandon(how, ctx);
@@ -840,51 +900,101 @@ impl Session {
 
     /// The proxy gave up on owed responses.
     fn abandon(&mut self, how: CloseKind, ctx: &mut Ctx<'_>) {
+        if self.resp_unframed {
+            // Whether the owed responses had arrived is unknown: the stream was not framed.
+            return;
+        }
         let (close_ts, _, _) = self.client_closed.unwrap_or((ctx.ts, ctx.frame, how));
+        let at = self.client_closed.map(|(t, f, _)| (t, f));
         for i in 0..self.pending.len() {
             let e = &self.pending[i];
             if e.resp_done || e.unsolicited || e.explained || e.req_start.is_none() {
                 continue;
             }
-            let since = e
-                .req_end
-                .or(e.req_start)
-                .map_or(0.0, |(t, _)| close_ts.ms_since(t));
-            let phase = if e.resp_started {
-                "while the response was arriving"
-            } else {
-                "before any response byte"
-            };
-            let msg = format!(
-                "the proxy closed the connection ({}) {phase}, {since:.0} ms after the request: a proxy timeout (504) or a client abort (499)",
-                how.as_str()
-            );
-            let e = &mut self.pending[i];
-            e.explained = true;
-            e.outcome = Some(Outcome::Abandoned);
-            let ex = e.exref();
-            let ev = evidence(json!({
-                "client_close": how.as_str(),
-                "waited_ms": since,
-                "response_started": e.resp_started,
-                "response_bytes": e.resp_bytes,
-            }));
-            let at = self.client_closed.map(|(t, f, _)| (t, f));
-            self.em.finding(
-                ctx,
-                Kind::AbandonedByClient,
-                Severity::Error,
-                &ex,
-                at,
-                msg,
-                ev,
-            );
+            let started = e.resp_started;
+            let bytes = e.resp_bytes;
+            let extra = json!({"response_bytes": bytes});
+            self.abandoned_finding(i, how, close_ts, at, started, extra, ctx);
         }
+    }
+
+    /// Writes the `abandoned_by_client` finding for `pending[i]`: the proxy closed (`how`, at
+    /// `close_ts`) while that response was owed. What it means depends on the phase and on how
+    /// long the proxy had heard nothing: a timeout before the head is nginx's 504, a timeout
+    /// in the body can only cut the response short, and a close far below any timeout is the
+    /// proxy aborting (nginx 499), not a timeout.
+    #[allow(clippy::too_many_arguments)]
+    fn abandoned_finding(
+        &mut self,
+        i: usize,
+        how: CloseKind,
+        close_ts: Ts,
+        at: Option<(Ts, u64)>,
+        started: bool,
+        extra: Value,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let last_server = self.last_server_data_at_client_close;
+        let e = &mut self.pending[i];
+        let request = e.req_end.or(e.req_start).map(|(t, _)| t);
+        let since_request = request.map_or(0.0, |t| close_ts.ms_since(t));
+        // The proxy's read timer restarts at every byte it reads from the backend.
+        let (idle_from, idle_what) = match (request, last_server) {
+            (Some(r), Some(b)) if b > r => (Some(b), "the backend's last byte"),
+            (r, _) => (r, "the request"),
+        };
+        let idle = idle_from.map_or(since_request, |t| close_ts.ms_since(t));
+        let hint = findings::abandoned_hint(started, idle);
+        let phase = if started {
+            "while the response was arriving"
+        } else {
+            "before any response byte"
+        };
+        let how_s = how.as_str();
+        let meaning = if idle < findings::MIN_PLAUSIBLE_TIMEOUT_MS {
+            "far too soon for a timeout: the proxy aborted (its own client went away, nginx 499)"
+                .to_string()
+        } else if started {
+            "a proxy read timeout (the client gets a truncated response: the status was already sent) or a client abort (499)".to_string()
+        } else {
+            "a proxy timeout (504) or a client abort (499)".to_string()
+        };
+        let msg = if idle_what == "the request" {
+            format!("the proxy closed the connection ({how_s}) {phase}, {idle:.1} ms after the request: {meaning}")
+        } else {
+            format!(
+                "the proxy closed the connection ({how_s}) {phase}, {idle:.1} ms after {idle_what} ({since_request:.1} ms after the request): {meaning}"
+            )
+        };
+        e.explained = true;
+        e.outcome = Some(Outcome::Abandoned);
+        let ex = e.exref();
+        let mut ev = evidence(json!({
+            "client_close": how_s,
+            "since_request_ms": since_request,
+            "idle_before_close_ms": idle,
+            "idle_since": if idle_what == "the request" { "request" } else { "backend_last_byte" },
+            "response_started": started,
+        }));
+        if let Value::Object(m) = extra {
+            ev.extend(m);
+        }
+        self.em.finding_with_hint(
+            ctx,
+            Kind::AbandonedByClient,
+            Severity::Error,
+            &ex,
+            at,
+            msg,
+            ev,
+            hint,
+        );
     }
 
     /// The server side ended its stream. `ack` is the server's acknowledgement of the client
     /// stream at that moment (as a client-stream offset), if the segment carried one.
     pub fn server_close(&mut self, how: CloseKind, ack: Option<u64>, ctx: &mut Ctx<'_>) {
+        self.flush_slow(ctx);
         if self.server_closed.is_some() {
             return;
         }
@@ -1043,24 +1153,43 @@ impl Session {
     /// Packet time advanced to `now` with no event on this connection: report waits that have
     /// become slow, so that live mode shows them while the response is still missing.
     pub fn tick(&mut self, now: Ts, ctx: &mut Ctx<'_>) {
+        self.flush_slow(ctx);
+        if self.resp_unframed {
+            // Response starts are no longer seen: silence proves nothing.
+            return;
+        }
         let slow_us = self.slow_first_byte_us;
-        for i in 0..self.pending.len() {
-            let e = &self.pending[i];
+        for e in self.pending.iter_mut() {
             if e.resp_started || e.slow_reported || e.unsolicited {
                 continue;
             }
-            if let Some((req_end, frame)) = e.req_end {
+            if let Some((req_end, _)) = e.req_end {
                 if now.micros_since(req_end) > slow_us {
-                    let ex = e.exref();
-                    self.pending[i].slow_reported = true;
-                    self.slow_finding(ex, req_end, frame, ctx);
+                    e.slow_reported = true;
+                    e.slow_due = true;
                 }
+            }
+        }
+    }
+
+    /// Writes the slow waits a tick found (see [`Exch::slow_due`]). Called at the start of
+    /// every event of this connection, and after a server-side gap has been attributed.
+    fn flush_slow(&mut self, ctx: &mut Ctx<'_>) {
+        for i in 0..self.pending.len() {
+            let e = &mut self.pending[i];
+            if !std::mem::take(&mut e.slow_due) {
+                continue;
+            }
+            if let Some((req_end, frame)) = e.req_end {
+                let ex = e.exref();
+                self.slow_finding(ex, req_end, frame, ctx);
             }
         }
     }
 
     /// The connection is over: report what is still open and write the remaining exchanges.
     pub fn finish(&mut self, now: Ts, ctx: &mut Ctx<'_>) {
+        self.flush_slow(ctx);
         self.flush_excess(ctx);
         for i in 0..self.pending.len() {
             self.request_after_close(i, ctx);
@@ -1077,33 +1206,19 @@ impl Session {
                 let (fin_ts, fin_frame, _) =
                     self.client_closed
                         .unwrap_or((now, ctx.frame, CloseKind::Fin));
-                let e = &mut self.pending[i];
-                let since = e
-                    .req_end
-                    .or(e.req_start)
-                    .map_or(0.0, |(t, _)| fin_ts.ms_since(t));
-                let started_before_fin = e.resp_start.is_some_and(|(t, _)| t < fin_ts);
-                e.explained = true;
-                e.outcome = Some(Outcome::Abandoned);
-                let ex = e.exref();
-                let msg = format!(
-                    "the proxy closed the connection (FIN) {since:.0} ms after the request, {}; the backend's response arrived after that and was refused (RST): a proxy timeout (504) or a client abort (499)",
-                    if started_before_fin { "while the response was arriving" } else { "before any response byte" }
-                );
-                let ev = evidence(json!({
-                    "client_close": "FIN",
-                    "waited_ms": since,
-                    "response_started": started_before_fin,
-                    "response_completed_after_close": true,
-                }));
-                self.em.finding(
-                    ctx,
-                    Kind::AbandonedByClient,
-                    Severity::Error,
-                    &ex,
+                let started_before_fin =
+                    self.pending[i].resp_start.is_some_and(|(t, _)| t < fin_ts);
+                // The response arrived after the FIN and was refused (RST): the FIN was a
+                // full close.
+                let extra = json!({"response_completed_after_close": true});
+                self.abandoned_finding(
+                    i,
+                    CloseKind::Fin,
+                    fin_ts,
                     Some((fin_ts, fin_frame)),
-                    msg,
-                    ev,
+                    started_before_fin,
+                    extra,
+                    ctx,
                 );
             }
             let e = &mut self.pending[i];
@@ -1113,6 +1228,7 @@ impl Session {
             self.emit_at(i, ctx);
         }
         self.tick(now, ctx);
+        self.flush_slow(ctx);
         if self.client_closed.is_some()
             && self.server_closed.is_none()
             && !self.server_spoke_after_client_fin
@@ -1127,6 +1243,9 @@ impl Session {
             }
             let outcome = e.outcome.unwrap_or(if e.gap {
                 Outcome::CaptureGap
+            } else if self.resp_unframed {
+                // Its response, if any, went by unframed: not a missing response.
+                Outcome::Invalid
             } else if e.resp_started {
                 Outcome::InFlight
             } else if self.server_closed.is_some() || self.client_closed.is_some() {

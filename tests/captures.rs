@@ -169,8 +169,26 @@ fn truncated_body_evidence_says_how_much_and_who_ended_it() {
     assert_eq!(f["evidence"]["expected"], 5000);
     assert_eq!(f["evidence"]["received"], 2000);
     assert_eq!(f["evidence"]["ended_by"], "server FIN");
-    assert_eq!(f["hint"]["nginx_status"], 502);
     assert_eq!(f["hint"]["haproxy"], "SD");
+}
+
+/// In the body phase nginx has already sent the backend's status line to the client: it
+/// cannot answer 502 any more, the client gets a truncated response (README, e2e table).
+#[test]
+fn body_phase_faults_leave_the_backends_status_to_the_client() {
+    for (name, kind) in [
+        ("truncated_body_cl", "truncated_body"),
+        ("truncated_body_chunked", "truncated_body"),
+        ("invalid_chunk", "invalid_chunk"),
+    ] {
+        let (_, recs, _) = analyze_json(&[&repo().join(format!("captures/{name}.pcap"))], &[]);
+        let f = of_type(&recs, "finding")
+            .into_iter()
+            .find(|f| f["kind"] == kind)
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(f["hint"]["nginx_status"], 0, "{name}: {f}");
+    }
 }
 
 #[test]
@@ -220,4 +238,58 @@ fn table_report_of_the_demo_shows_the_summary_and_the_connection_blocks() {
     ] {
         assert!(text.contains(needle), "table lacks {needle:?}:\n{text}");
     }
+}
+
+fn conv(port: u16) -> gatescope::synth::Conversation {
+    gatescope::synth::Conversation::new(
+        format!("10.0.0.1:{port}").parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    )
+}
+
+const GET: &[u8] = b"GET /slow HTTP/1.1\r\nHost: b\r\n\r\n";
+const HEAD_5000: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\npart";
+
+/// Once the status line reached nginx it has been passed on: a read timeout in the body is
+/// logged "while reading upstream" and cuts the response, it cannot become a 504. The timer
+/// runs between two reads, so the idle time since the backend's last byte is what matters.
+#[test]
+fn a_proxy_close_during_the_body_is_a_read_timeout_measured_from_the_last_byte() {
+    let mut c = conv(41000);
+    c.handshake().client_send(GET).advance(20_000_000);
+    c.server_send(HEAD_5000).advance(30_000_000).client_rst();
+    let (_d, path) = write_conversation(c);
+    let (_, recs, _) = analyze_json(&[&path], &[]);
+    let f = first_finding(&recs, "abandoned_by_client");
+    assert_eq!(f["hint"]["nginx_status"], 0, "{f}");
+    assert!(
+        f["hint"]["nginx"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("while reading upstream"),
+        "{f}"
+    );
+    let idle = f["evidence"]["idle_before_close_ms"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let total = f["evidence"]["since_request_ms"].as_f64().unwrap_or(0.0);
+    assert!((29_000.0..31_000.0).contains(&idle), "{f}");
+    assert!((49_000.0..51_000.0).contains(&total), "{f}");
+}
+
+/// A close a fraction of a millisecond after the request is no timeout of any gateway: the
+/// proxy aborted (its client went away), which nginx logs as 499.
+#[test]
+fn a_proxy_close_far_below_any_timeout_is_an_abort_not_a_504() {
+    let mut c = conv(41001);
+    c.handshake().client_send(GET).client_fin();
+    let (_d, path) = write_conversation(c);
+    let (_, recs, _) = analyze_json(&[&path], &[]);
+    let f = first_finding(&recs, "abandoned_by_client");
+    assert_eq!(f["hint"]["nginx_status"], 499, "{f}");
+    assert!(
+        !f["message"].as_str().unwrap_or_default().contains("504"),
+        "{f}"
+    );
 }

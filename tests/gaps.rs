@@ -172,3 +172,30 @@ fn a_capture_of_the_server_side_only_is_a_capture_gap_not_unsolicited_responses(
     let gap = &of_type(&recs, "finding")[0];
     assert_eq!(gap["evidence"]["to_server"]["bytes"], REQ.len() as u64);
 }
+
+/// The response was never captured (the proxy acknowledges it 5 s after the request): the
+/// wait was slow as far as the capture shows, but its first byte may sit in the gap, so when
+/// it came is unknown. The finding stays, touched by the gap: low confidence.
+#[test]
+fn a_slow_first_byte_whose_response_start_is_in_a_gap_is_low_confidence() {
+    let mut c = Conversation::new(
+        "10.0.0.1:40010".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.handshake().client_send(REQ);
+    c.advance(5_000_000)
+        .skip(false, RESP.len() as u64)
+        .ack(true);
+    c.advance(1000).client_fin().server_fin();
+    let (_d, path) = write(c);
+    let (_, recs, _) = analyze_json(&[&path], &[]);
+    let slow: Vec<&serde_json::Value> = of_type(&recs, "finding")
+        .into_iter()
+        .filter(|f| f["kind"] == "slow_first_byte")
+        .collect();
+    assert!(
+        !slow.is_empty() && slow.iter().all(|f| f["confidence"] == "low"),
+        "{slow:?}"
+    );
+}

@@ -8,6 +8,9 @@ use gatescope::session::Ctx;
 use gatescope::time::Ts;
 use std::sync::Arc;
 
+mod common;
+use common::*;
+
 fn seg<'a>(src: &str, dst: &str, seq: u32, ack: u32, flags: u8, payload: &'a [u8]) -> Segment<'a> {
     Segment {
         src: src.parse().expect("addr"),
@@ -73,4 +76,47 @@ fn out_of_order_data_of_all_connections_together_is_capped() {
         })
         .collect();
     assert_eq!(limits_hit, vec!["\"max_ooo_total\"".to_string()]);
+}
+
+/// A response gatescope stopped framing because of its own bound (120 headers: nginx takes
+/// them; a 5000-byte trailer) says so with `limit_reached`, and nothing more: the proxy closing
+/// the idle keep-alive connection 2 s later is not an abandoned response, since gatescope no
+/// longer knows whether the response was complete.
+#[test]
+fn a_stream_no_longer_framed_because_of_a_limit_gets_no_verdict() {
+    let many_headers: Vec<u8> = [
+        b"HTTP/1.1 200 OK\r\n".to_vec(),
+        (0..120)
+            .flat_map(|i| format!("X-H{i}: v\r\n").into_bytes())
+            .collect(),
+        b"Content-Length: 5\r\n\r\nhello".to_vec(),
+    ]
+    .concat();
+    let big_trailer: Vec<u8> = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: ".to_vec(),
+        vec![b'v'; 5000],
+        b"\r\n\r\n".to_vec(),
+    ]
+    .concat();
+    for (port, resp) in [(42000u16, many_headers), (42001, big_trailer)] {
+        let mut c = gatescope::synth::Conversation::new(
+            format!("10.0.0.1:{port}").parse().expect("addr"),
+            "10.0.0.2:8080".parse().expect("addr"),
+            1_700_000_000_000_000,
+        );
+        c.handshake()
+            .client_send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .server_send(&resp)
+            .advance(2_000_000)
+            .client_fin()
+            .server_fin();
+        let (_d, path) = write_conversation(c);
+        let (code, recs, _) = analyze_json(&[&path], &[]);
+        assert_eq!(
+            finding_set(&recs),
+            vec![("limit_reached".to_string(), 1)],
+            "port {port}"
+        );
+        assert_eq!(code, 0, "port {port}");
+    }
 }

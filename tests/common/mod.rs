@@ -154,3 +154,25 @@ pub fn conversation(response: &[u8], server_closes_first: bool) -> Vec<(i64, Vec
 pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
+
+/// Writes a synthetic conversation as an Ethernet pcap in a fresh temporary directory (kept
+/// alive by the returned guard).
+pub fn write_conversation(conv: gatescope::synth::Conversation) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("conv.pcap");
+    let file = std::fs::File::create(&path).expect("create");
+    let mut w = gatescope::synth::PcapWriter::new(file, gatescope::synth::LinkType::Ethernet)
+        .expect("pcap");
+    w.write_packets(&conv.into_packets()).expect("write");
+    drop(w);
+    (dir, path)
+}
+
+/// The first finding of `kind`, or `Null`.
+pub fn first_finding(records: &[Value], kind: &str) -> Value {
+    of_type(records, "finding")
+        .into_iter()
+        .find(|f| f["kind"] == kind)
+        .cloned()
+        .unwrap_or_default()
+}
