@@ -908,7 +908,15 @@ impl Session {
         let at = self.client_closed.map(|(t, f, _)| (t, f));
         for i in 0..self.pending.len() {
             let e = &self.pending[i];
+            // Bytes that never became a request head (garbage, a cut head) owed no response:
+            // the proxy cannot have given up waiting for one.
             if e.resp_done || e.unsolicited || e.explained || e.req_start.is_none() {
+                continue;
+            }
+            if e.method.is_none() && !e.resp_started {
+                let e = &mut self.pending[i];
+                e.explained = true;
+                e.outcome.get_or_insert(Outcome::NoResponse);
                 continue;
             }
             let started = e.resp_started;

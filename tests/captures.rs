@@ -293,3 +293,18 @@ fn a_proxy_close_far_below_any_timeout_is_an_abort_not_a_504() {
         "{f}"
     );
 }
+
+#[test]
+fn bytes_that_never_form_a_request_get_no_abandonment_verdict() {
+    let mut c = gatescope::synth::Conversation::new(
+        "10.0.0.1:40100".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.handshake().client_send(&[0u8; 14]).advance(2_000);
+    c.client_fin().server_fin();
+    let (_d, path) = write_conversation(c);
+    let (code, recs, _) = analyze_json(&[&path], &[]);
+    assert_eq!(finding_set(&recs), vec![]);
+    assert_eq!(code, 0);
+}
