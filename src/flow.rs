@@ -551,6 +551,26 @@ impl FlowTable {
             if side == Side::Server && c.syn.is_some() && !c.synack && !c.server_spoke {
                 c.refused = true;
             }
+            // A RST proves bytes were sent like a FIN does: its sequence number is where its
+            // sender's stream ended, its ACK what the sender had received. Bytes before
+            // either that the capture never carried are a capture gap, delivered before the
+            // reset ends the streams, so that the reset does not read as the backend cutting
+            // off (or the proxy giving up on) bytes that were in fact sent.
+            if let Some(session) = c.session.as_mut() {
+                if flags.ack() {
+                    let o = 1 - d;
+                    sent_upto(
+                        &mut c.dirs[o],
+                        session,
+                        side.other(),
+                        seg.ack,
+                        true,
+                        ooo,
+                        ctx,
+                    );
+                }
+                sent_upto(&mut c.dirs[d], session, side, seg.seq, false, ooo, ctx);
+            }
             return true;
         }
 
@@ -580,41 +600,15 @@ impl FlowTable {
         // capture missed must not read as the proxy giving up on it).
         if flags.ack() {
             let o = 1 - d;
-            let other_side = side.other();
-            let dir = &mut c.dirs[o];
-            if let Some(r) = dir.reasm.as_mut() {
-                let mut sink = SideSink {
-                    session,
-                    side: other_side,
-                    ctx,
-                    server_ack: None,
-                    gaps: 0,
-                    first_gap: None,
-                    offset: r.next_offset(),
-                };
-                let held_before = r.buffered();
-                if !dir.seen
-                    && !r.finished()
-                    && r.buffered() == 0
-                    && r.offset_of(seg.ack) == r.next_offset() as i64 + 1
-                {
-                    // A direction the capture never carried: its FIN is known only as one
-                    // more acknowledged sequence number after its data. Taken as the FIN
-                    // (not a byte of data), so that it closes the stream and is not
-                    // counted as a missing byte.
-                    r.segment(seg.ack.wrapping_sub(1), &[], 0, true, &mut sink);
-                    dir.fin = true;
-                }
-                r.acked(seg.ack, &mut sink);
-                ooo.held = ooo
-                    .held
-                    .saturating_sub(held_before - r.buffered().min(held_before));
-                let (gaps, first_gap) = (sink.gaps, sink.first_gap);
-                dir.gaps += gaps;
-                if dir.first_gap.is_none() {
-                    dir.first_gap = first_gap;
-                }
-            }
+            sent_upto(
+                &mut c.dirs[o],
+                session,
+                side.other(),
+                seg.ack,
+                true,
+                ooo,
+                ctx,
+            );
         }
         if has_payload || flags.fin() {
             let seq = if flags.syn() {
@@ -1037,6 +1031,58 @@ impl FlowTable {
         }
         self.conns.clear();
         self.deadlines.clear();
+    }
+}
+
+/// Everything before sequence number `upto` of `dir`'s stream was sent (an ACK of it, or the
+/// sequence number of its sender's RST): bytes before it that the capture never carried are
+/// delivered to the session as a capture gap, so the parser does not wait for them and no
+/// close reads as cutting them off.
+///
+/// `from_ack`: `upto` is the peer's acknowledgement, which for a direction the capture never
+/// carried may also cover its FIN.
+fn sent_upto(
+    dir: &mut Dir,
+    session: &mut Session,
+    side: Side,
+    upto: u32,
+    from_ack: bool,
+    ooo: &mut OooBudget,
+    ctx: &mut Ctx<'_>,
+) {
+    let Some(r) = dir.reasm.as_mut() else {
+        return;
+    };
+    let mut sink = SideSink {
+        session,
+        side,
+        ctx,
+        server_ack: None,
+        gaps: 0,
+        first_gap: None,
+        offset: r.next_offset(),
+    };
+    let held_before = r.buffered();
+    if from_ack
+        && !dir.seen
+        && !r.finished()
+        && r.buffered() == 0
+        && r.offset_of(upto) == r.next_offset() as i64 + 1
+    {
+        // A direction the capture never carried: its FIN is known only as one more
+        // acknowledged sequence number after its data. Taken as the FIN (not a byte of
+        // data), so that it closes the stream and is not counted as a missing byte.
+        r.segment(upto.wrapping_sub(1), &[], 0, true, &mut sink);
+        dir.fin = true;
+    }
+    r.acked(upto, &mut sink);
+    ooo.held = ooo
+        .held
+        .saturating_sub(held_before - r.buffered().min(held_before));
+    let (gaps, first_gap) = (sink.gaps, sink.first_gap);
+    dir.gaps += gaps;
+    if dir.first_gap.is_none() {
+        dir.first_gap = first_gap;
     }
 }
 
