@@ -27,7 +27,8 @@ use std::sync::Arc;
 const LINGER_US: u64 = 30_000_000;
 /// A SYN that has had no answer for this long after its last retransmission is unanswered.
 const SYN_WAIT_US: u64 = 5_000_000;
-/// A SYN is reported unanswered at capture end only if it waited at least this long.
+/// A SYN is reported unanswered at capture end, or when evicted, only if it waited at least
+/// this long (or was retried): a shorter wait is no evidence of a timeout.
 const SYN_MIN_WAIT_US: u64 = 1_000_000;
 
 /// A backend given with `--backend`: which side is the server when the handshake is missing.
@@ -743,6 +744,24 @@ impl FlowTable {
             }
         }
         let no_answer = c.syn.is_some() && !c.synack && !c.server_spoke;
+        let mut timed_out = false;
+        if reason == Some(Close::Evicted) && self.stats.evicted == 1 {
+            // The first eviction of this table (of each worker's share with several threads):
+            // the analysis is partial from here on; later evictions are counted in the
+            // summary and marked on their connection records, not repeated as findings.
+            session.em.finding(
+                ctx,
+                Kind::LimitReached,
+                Severity::Warning,
+                &ExRef::default(),
+                None,
+                format!(
+                    "more connections open at once than gatescope tracks (max_connections {}): this one, the closest to its idle deadline, was evicted and reported as it stood; later evictions are counted in the summary",
+                    self.limits.max_connections
+                ),
+                evidence(json!({"limit": "max_connections", "value": self.limits.max_connections})),
+            );
+        }
         if c.refused {
             let syn = c.syn.as_ref();
             let tries = syn.map_or(1, |s| s.count);
@@ -758,7 +777,10 @@ impl FlowTable {
         } else if no_answer && c.rst_by.is_none() {
             if let Some(s) = &c.syn {
                 let waited = now.micros_since(s.at.0);
-                if s.count >= 2 || waited >= SYN_MIN_WAIT_US || reason == Some(Close::Evicted) {
+                // Only a wait the capture shows: a SYN evicted to make room (a burst of new
+                // connections, a flood) may have been answered a moment later.
+                if s.count >= 2 || waited >= SYN_MIN_WAIT_US {
+                    timed_out = true;
                     session.em.finding(
                         ctx,
                         Kind::ConnectTimeout,
@@ -858,7 +880,7 @@ impl FlowTable {
         session.finish(now, ctx);
         let close = if c.refused {
             Close::Refused
-        } else if no_answer && c.rst_by.is_none() {
+        } else if no_answer && c.rst_by.is_none() && (timed_out || reason != Some(Close::Evicted)) {
             Close::Unanswered
         } else if let Some(d) = c.rst_by {
             Close::Reset {
