@@ -27,7 +27,8 @@ use std::sync::Arc;
 const LINGER_US: u64 = 30_000_000;
 /// A SYN that has had no answer for this long after its last retransmission is unanswered.
 const SYN_WAIT_US: u64 = 5_000_000;
-/// A SYN is reported unanswered at capture end only if it waited at least this long.
+/// A SYN is reported unanswered at capture end, or when evicted, only if it waited at least
+/// this long (or was retried): a shorter wait is no evidence of a timeout.
 const SYN_MIN_WAIT_US: u64 = 1_000_000;
 
 /// A backend given with `--backend`: which side is the server when the handshake is missing.
@@ -554,6 +555,26 @@ impl FlowTable {
             if side == Side::Server && c.syn.is_some() && !c.synack && !c.server_spoke {
                 c.refused = true;
             }
+            // A RST proves bytes were sent like a FIN does: its sequence number is where its
+            // sender's stream ended, its ACK what the sender had received. Bytes before
+            // either that the capture never carried are a capture gap, delivered before the
+            // reset ends the streams, so that the reset does not read as the backend cutting
+            // off (or the proxy giving up on) bytes that were in fact sent.
+            if let Some(session) = c.session.as_mut() {
+                if flags.ack() {
+                    let o = 1 - d;
+                    sent_upto(
+                        &mut c.dirs[o],
+                        session,
+                        side.other(),
+                        seg.ack,
+                        true,
+                        ooo,
+                        ctx,
+                    );
+                }
+                sent_upto(&mut c.dirs[d], session, side, seg.seq, false, ooo, ctx);
+            }
             return true;
         }
 
@@ -583,41 +604,15 @@ impl FlowTable {
         // capture missed must not read as the proxy giving up on it).
         if flags.ack() {
             let o = 1 - d;
-            let other_side = side.other();
-            let dir = &mut c.dirs[o];
-            if let Some(r) = dir.reasm.as_mut() {
-                let mut sink = SideSink {
-                    session,
-                    side: other_side,
-                    ctx,
-                    server_ack: None,
-                    gaps: 0,
-                    first_gap: None,
-                    offset: r.next_offset(),
-                };
-                let held_before = r.buffered();
-                if !dir.seen
-                    && !r.finished()
-                    && r.buffered() == 0
-                    && r.offset_of(seg.ack) == r.next_offset() as i64 + 1
-                {
-                    // A direction the capture never carried: its FIN is known only as one
-                    // more acknowledged sequence number after its data. Taken as the FIN
-                    // (not a byte of data), so that it closes the stream and is not
-                    // counted as a missing byte.
-                    r.segment(seg.ack.wrapping_sub(1), &[], 0, true, &mut sink);
-                    dir.fin = true;
-                }
-                r.acked(seg.ack, &mut sink);
-                ooo.held = ooo
-                    .held
-                    .saturating_sub(held_before - r.buffered().min(held_before));
-                let (gaps, first_gap) = (sink.gaps, sink.first_gap);
-                dir.gaps += gaps;
-                if dir.first_gap.is_none() {
-                    dir.first_gap = first_gap;
-                }
-            }
+            sent_upto(
+                &mut c.dirs[o],
+                session,
+                side.other(),
+                seg.ack,
+                true,
+                ooo,
+                ctx,
+            );
         }
         if has_payload || flags.fin() {
             let seq = if flags.syn() {
@@ -752,6 +747,24 @@ impl FlowTable {
             }
         }
         let no_answer = c.syn.is_some() && !c.synack && !c.server_spoke;
+        let mut timed_out = false;
+        if reason == Some(Close::Evicted) && self.stats.evicted == 1 {
+            // The first eviction of this table (of each worker's share with several threads):
+            // the analysis is partial from here on; later evictions are counted in the
+            // summary and marked on their connection records, not repeated as findings.
+            session.em.finding(
+                ctx,
+                Kind::LimitReached,
+                Severity::Warning,
+                &ExRef::default(),
+                None,
+                format!(
+                    "more connections open at once than gatescope tracks (max_connections {}): this one, the closest to its idle deadline, was evicted and reported as it stood; later evictions are counted in the summary",
+                    self.limits.max_connections
+                ),
+                evidence(json!({"limit": "max_connections", "value": self.limits.max_connections})),
+            );
+        }
         if c.refused {
             let syn = c.syn.as_ref();
             let tries = syn.map_or(1, |s| s.count);
@@ -767,7 +780,10 @@ impl FlowTable {
         } else if no_answer && c.rst_by.is_none() {
             if let Some(s) = &c.syn {
                 let waited = now.micros_since(s.at.0);
-                if s.count >= 2 || waited >= SYN_MIN_WAIT_US || reason == Some(Close::Evicted) {
+                // Only a wait the capture shows: a SYN evicted to make room (a burst of new
+                // connections, a flood) may have been answered a moment later.
+                if s.count >= 2 || waited >= SYN_MIN_WAIT_US {
+                    timed_out = true;
                     session.em.finding(
                         ctx,
                         Kind::ConnectTimeout,
@@ -867,7 +883,7 @@ impl FlowTable {
         session.finish(now, ctx);
         let close = if c.refused {
             Close::Refused
-        } else if no_answer && c.rst_by.is_none() {
+        } else if no_answer && c.rst_by.is_none() && (timed_out || reason != Some(Close::Evicted)) {
             Close::Unanswered
         } else if let Some(d) = c.rst_by {
             Close::Reset {
@@ -1040,6 +1056,58 @@ impl FlowTable {
         }
         self.conns.clear();
         self.deadlines.clear();
+    }
+}
+
+/// Everything before sequence number `upto` of `dir`'s stream was sent (an ACK of it, or the
+/// sequence number of its sender's RST): bytes before it that the capture never carried are
+/// delivered to the session as a capture gap, so the parser does not wait for them and no
+/// close reads as cutting them off.
+///
+/// `from_ack`: `upto` is the peer's acknowledgement, which for a direction the capture never
+/// carried may also cover its FIN.
+fn sent_upto(
+    dir: &mut Dir,
+    session: &mut Session,
+    side: Side,
+    upto: u32,
+    from_ack: bool,
+    ooo: &mut OooBudget,
+    ctx: &mut Ctx<'_>,
+) {
+    let Some(r) = dir.reasm.as_mut() else {
+        return;
+    };
+    let mut sink = SideSink {
+        session,
+        side,
+        ctx,
+        server_ack: None,
+        gaps: 0,
+        first_gap: None,
+        offset: r.next_offset(),
+    };
+    let held_before = r.buffered();
+    if from_ack
+        && !dir.seen
+        && !r.finished()
+        && r.buffered() == 0
+        && r.offset_of(upto) == r.next_offset() as i64 + 1
+    {
+        // A direction the capture never carried: its FIN is known only as one more
+        // acknowledged sequence number after its data. Taken as the FIN (not a byte of
+        // data), so that it closes the stream and is not counted as a missing byte.
+        r.segment(upto.wrapping_sub(1), &[], 0, true, &mut sink);
+        dir.fin = true;
+    }
+    r.acked(upto, &mut sink);
+    ooo.held = ooo
+        .held
+        .saturating_sub(held_before - r.buffered().min(held_before));
+    let (gaps, first_gap) = (sink.gaps, sink.first_gap);
+    dir.gaps += gaps;
+    if dir.first_gap.is_none() {
+        dir.first_gap = first_gap;
     }
 }
 

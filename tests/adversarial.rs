@@ -178,11 +178,12 @@ fn count(run: &Run, kind: &str) -> u64 {
 fn syn_flood_is_held_to_max_connections_and_evictions_are_counted() {
     let run = attack(Attack::SynFlood, 50_000, small(), 500);
     assert_eq!(run.peak_tracked, 1000);
-    // Everything past the first thousand evicted the oldest SYN; none had waited long.
+    // Everything past the first thousand evicted the oldest SYN. The flood lasts 50 ms of
+    // packet time: no SYN waited long enough (or was retried) to be a connect timeout.
     assert_eq!(run.stats.evicted, 49_000);
-    assert_eq!(count(&run, "connect_timeout"), 49_000);
+    assert_eq!(count(&run, "connect_timeout"), 0);
     assert_eq!(run.connections, 50_000);
-    assert!(run.limits.is_empty(), "{:?}", run.limits);
+    assert_eq!(run.limits, ["max_connections"]);
 }
 
 #[test]

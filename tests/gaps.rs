@@ -199,3 +199,76 @@ fn a_slow_first_byte_whose_response_start_is_in_a_gap_is_low_confidence() {
         "{slow:?}"
     );
 }
+
+/// A RST is proof of what its sender sent, like a FIN: response bytes before its sequence
+/// number that the capture never carried (a kernel drop) are a capture gap, not a body the
+/// backend cut off.
+#[test]
+fn a_backend_reset_past_response_bytes_the_capture_missed_is_a_capture_gap_not_truncation() {
+    let mut c = Conversation::new(
+        "10.0.0.1:40004".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.handshake().client_send(REQ);
+    // The response's last bytes are missing from the capture; the backend then resets.
+    let (shown, lost) = RESP.split_at(RESP.len() - 3);
+    c.advance(500)
+        .server_send(shown)
+        .skip(false, lost.len() as u64);
+    c.advance(500).server_rst();
+    let (_d, path) = write(c);
+    let (code, recs, _) = analyze_json(&[&path], &[]);
+    assert_eq!(finding_set(&recs), vec![("capture_gap".to_string(), 0)]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn a_backend_reset_past_a_whole_response_the_capture_missed_is_not_a_reset_before_response() {
+    let mut c = Conversation::new(
+        "10.0.0.1:40005".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.handshake().client_send(REQ);
+    c.advance(500).skip(false, RESP.len() as u64);
+    c.advance(500).server_rst();
+    let (_d, path) = write(c);
+    let (code, recs, _) = analyze_json(&[&path], &[]);
+    assert_eq!(finding_set(&recs), vec![("capture_gap".to_string(), 0)]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn a_proxy_reset_acknowledging_a_response_the_capture_missed_is_not_abandonment() {
+    let mut c = Conversation::new(
+        "10.0.0.1:40006".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.handshake().client_send(REQ);
+    // The proxy got the whole response (the capture did not) and resets, acknowledging it.
+    c.advance(500).skip(false, RESP.len() as u64);
+    c.advance(500).client_rst();
+    let (_d, path) = write(c);
+    let (code, recs, _) = analyze_json(&[&path], &[]);
+    assert_eq!(finding_set(&recs), vec![("capture_gap".to_string(), 0)]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn a_proxy_reset_past_request_bytes_the_capture_missed_is_a_capture_gap() {
+    let mut c = Conversation::new(
+        "10.0.0.1:40007".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.handshake().client_send(REQ).server_send(RESP);
+    // A second request is missing from the capture; the proxy then resets.
+    c.advance(500).skip(true, REQ.len() as u64);
+    c.advance(500).client_rst();
+    let (_d, path) = write(c);
+    let (code, recs, _) = analyze_json(&[&path], &[]);
+    assert_eq!(finding_set(&recs), vec![("capture_gap".to_string(), 0)]);
+    assert_eq!(code, 0);
+}

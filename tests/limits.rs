@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 mod common;
 use common::*;
+use gatescope::synth::{merge_by_time, Conversation, LinkType, PcapWriter};
 
 fn seg<'a>(src: &str, dst: &str, seq: u32, ack: u32, flags: u8, payload: &'a [u8]) -> Segment<'a> {
     Segment {
@@ -119,4 +120,31 @@ fn a_stream_no_longer_framed_because_of_a_limit_gets_no_verdict() {
         );
         assert_eq!(code, 0, "port {port}");
     }
+}
+
+/// A burst of new connections larger than `--max-connections`: the SYNs evicted to make room
+/// were all answered 4 ms later. Eviction says the bound was hit; it does not claim a
+/// connect timeout the capture never showed.
+#[test]
+fn connections_evicted_at_max_connections_are_a_limit_not_connect_timeouts() {
+    let start = 1_700_000_000_000_000;
+    let conversations = (0..20u16)
+        .map(|i| {
+            let client = format!("10.0.0.1:{}", 40000 + i).parse().expect("addr");
+            let server = "10.0.0.2:8080".parse().expect("addr");
+            let mut c = Conversation::new(client, server, start + i64::from(i) * 10).rtt(4_000);
+            c.handshake();
+            c
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("burst.pcap");
+    let file = std::fs::File::create(&path).expect("create");
+    let mut w = PcapWriter::new(file, LinkType::Ethernet).expect("pcap");
+    w.write_packets(&merge_by_time(conversations))
+        .expect("write");
+    drop(w);
+    let (code, recs, _) = analyze_json(&[&path], &["--threads", "1", "--max-connections", "16"]);
+    assert_eq!(finding_set(&recs), vec![("limit_reached".to_string(), 0)]);
+    assert_eq!(code, 0);
 }

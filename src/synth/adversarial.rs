@@ -94,7 +94,7 @@ impl Attack {
     pub fn expected(self) -> &'static str {
         match self {
             Attack::SynFlood => {
-                "connections beyond --max-connections evicted (counted in the summary), each reported connect_timeout"
+                "connections beyond --max-connections evicted (counted in the summary), limit_reached max_connections once per worker; no connect_timeout (no SYN waited 1 s or was retried)"
             }
             Attack::OooFlood => {
                 "limit_reached max_ooo_bytes once; holes become capture gaps; ooo_overflows counted"
