@@ -40,7 +40,8 @@ impl Framing {
 /// What a head said, kept small: bodies and most headers are not retained.
 #[derive(Clone, Debug, Default)]
 pub struct Head {
-    /// Request method (requests only).
+    /// Request method (requests only), length-capped and escaped like the target: it is
+    /// wire bytes too, and goes into every finding and exchange record of its exchange.
     pub method: Option<String>,
     /// Request target, length-capped and escaped (requests only).
     pub target: Option<String>,
@@ -639,7 +640,7 @@ impl Parser {
                 let mut r = httparse::Request::new(&mut []);
                 match r.parse_with_uninit_headers(&self.buf, headers) {
                     Ok(httparse::Status::Complete(_)) => {
-                        head.method = r.method.map(str::to_owned);
+                        head.method = r.method.map(|m| escape(m.as_bytes()));
                         head.target = r.path.map(|p| escape(p.as_bytes()));
                         head.version_minor = r.version.unwrap_or(1);
                         Ok(r.headers)
@@ -1201,6 +1202,18 @@ mod test {
         assert!(!t.contains("s3cr3t"), "{t}");
         assert!(evidence_line(b"Cookie: a=b", true).contains("a=b"));
         assert!(!evidence_line(b"authorization: Basic xyz", false).contains("xyz"));
+    }
+
+    #[test]
+    fn a_huge_request_method_is_capped_like_the_target() {
+        let mut req = vec![b'X'; 60_000];
+        req.extend_from_slice(b" / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let t = trace(Role::Request, &req, req.len(), None);
+        assert!(
+            t.len() < EVIDENCE_CAP + 20,
+            "method not capped: {} bytes",
+            t.len()
+        );
     }
 
     #[test]
