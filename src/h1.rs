@@ -939,7 +939,6 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     Some(v)
 }
 
-/// Names the offending line of a head `httparse` rejected, in nginx's terms.
 /// Headers whose values are credentials: never shown unless `--show-secrets`.
 const SECRET_HEADERS: &[&str] = &[
     "authorization",
@@ -948,24 +947,61 @@ const SECRET_HEADERS: &[&str] = &[
     "set-cookie",
 ];
 
+/// Whether a header name (any case) carries credentials.
+fn is_secret_name(name: &[u8]) -> bool {
+    SECRET_HEADERS
+        .iter()
+        .any(|s| s.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The header name a line starts with, if it is a credential header: its leading run of
+/// token characters. Taken this way rather than up to the colon so that a malformed line
+/// (`Set-Cookie sid=…` without a colon, `Set-Cookie : …`, a NUL before the colon) is still
+/// recognised: those are exactly the lines that end up quoted in evidence.
+fn secret_name_len(line: &[u8]) -> Option<usize> {
+    let n = line.iter().take_while(|&&b| is_tchar(b)).count();
+    (n > 0 && is_secret_name(&line[..n])).then_some(n)
+}
+
 /// A header line for evidence: escaped, with credential values replaced by their length.
 pub fn evidence_line(line: &[u8], show_secrets: bool) -> String {
     if !show_secrets {
-        if let Some(colon) = line.iter().position(|&b| b == b':') {
-            let name = String::from_utf8_lossy(&line[..colon]);
-            let name = name.trim().to_ascii_lowercase();
-            if SECRET_HEADERS.contains(&name.as_str()) {
-                let value_len = line.len() - colon - 1;
-                return format!(
-                    "{}: <{value_len} bytes hidden; --show-secrets to print>",
-                    escape(&line[..colon])
-                );
-            }
+        if let Some(n) = secret_name_len(line) {
+            let rest = &line[n..];
+            let ws = rest
+                .iter()
+                .take_while(|&&b| b == b' ' || b == b'\t')
+                .count();
+            return match rest.get(ws) {
+                Some(b':') => format!(
+                    "{}: <{} bytes hidden; --show-secrets to print>",
+                    escape(&line[..n + ws]),
+                    rest.len() - ws - 1
+                ),
+                _ => format!(
+                    "{} <{} bytes hidden; --show-secrets to print>",
+                    escape(&line[..n]),
+                    rest.len()
+                ),
+            };
         }
     }
     escape(line)
 }
 
+/// A continuation (obs-fold) line of a credential header: its bytes are part of the secret
+/// value, so only their length is shown.
+fn hidden_continuation(line: &[u8], show_secrets: bool) -> String {
+    if show_secrets {
+        return escape(line);
+    }
+    format!(
+        "<{} bytes hidden: continues a credential header; --show-secrets to print>",
+        line.len()
+    )
+}
+
+/// Names the offending line of a head `httparse` rejected, in nginx's terms.
 fn diagnose(role: Role, head: &[u8], err: httparse::Error, show_secrets: bool) -> Violation {
     let mut lines = head.split(|&b| b == b'\n');
     let first = lines.next().unwrap_or_default();
@@ -980,12 +1016,19 @@ fn diagnose(role: Role, head: &[u8], err: httparse::Error, show_secrets: bool) -
             line: escape(first),
         };
     }
+    // Whether the last field line (not a continuation) was a credential header: its folded
+    // continuation lines carry the rest of the secret.
+    let mut in_secret = false;
     for raw in lines {
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         if line.is_empty() {
             break;
         }
-        let reason = if line[0] == b' ' || line[0] == b'\t' {
+        let folded = line[0] == b' ' || line[0] == b'\t';
+        if !folded {
+            in_secret = secret_name_len(line).is_some();
+        }
+        let reason = if folded {
             Some("obsolete line folding (line starts with whitespace)")
         } else if let Some(colon) = line.iter().position(|&b| b == b':') {
             let name = &line[..colon];
@@ -1009,7 +1052,11 @@ fn diagnose(role: Role, head: &[u8], err: httparse::Error, show_secrets: bool) -
             Some("missing colon")
         };
         if let Some(reason) = reason {
-            let line = evidence_line(raw, show_secrets);
+            let line = if folded && in_secret {
+                hidden_continuation(raw, show_secrets)
+            } else {
+                evidence_line(raw, show_secrets)
+            };
             return match role {
                 Role::Response => Violation::MalformedHeader { reason, line },
                 Role::Request => Violation::MalformedRequest { reason, line },
@@ -1214,6 +1261,30 @@ mod test {
             "method not capped: {} bytes",
             t.len()
         );
+    }
+
+    #[test]
+    fn credentials_on_malformed_lines_are_hidden_too() {
+        let cases: &[(Role, &[u8])] = &[
+            (
+                Role::Response,
+                b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=\r\n s3cr3t\r\nContent-Length: 0\r\n\r\n",
+            ),
+            (
+                Role::Response,
+                b"HTTP/1.1 200 OK\r\nSet-Cookie sid=s3cr3t\r\nContent-Length: 0\r\n\r\n",
+            ),
+            (
+                Role::Request,
+                b"GET / HTTP/1.1\r\nAuthorization: Bearer\r\n\ts3cr3t\r\nHost: x\r\n\r\n",
+            ),
+        ];
+        let leaks: Vec<String> = cases
+            .iter()
+            .map(|(role, head)| trace(*role, head, head.len(), None))
+            .filter(|t| t.contains("s3cr3t"))
+            .collect();
+        assert!(leaks.is_empty(), "{leaks:?}");
     }
 
     #[test]
