@@ -93,6 +93,13 @@ pub enum Violation {
     InvalidChunk {
         line: String,
     },
+    /// The stream is TLS or HTTP/2, not HTTP/1.x: gatescope cannot read it. Told apart from
+    /// a malformed message because the fix is a configuration one (the proxy and the backend
+    /// disagree on the protocol, or the leg is simply encrypted), not a broken backend.
+    ForeignProtocol {
+        protocol: &'static str,
+        first_bytes: String,
+    },
     /// One of gatescope's own bounds was hit while parsing.
     Limit {
         which: &'static str,
@@ -231,6 +238,29 @@ const STATUS_EVIDENCE: usize = 64;
 
 /// Max characters of evidence taken from the wire.
 pub const EVIDENCE_CAP: usize = 200;
+
+/// The HTTP/2 connection preface a client sends with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// Which non-HTTP/1 protocol the first bytes of a stream are, if they are clearly one:
+/// a TLS record header (content type 20-23, version 3.x: a ClientHello, ServerHello or
+/// alert), the HTTP/2 client preface, or an HTTP/2 server's first frame (SETTINGS on
+/// stream 0). None of these can start an HTTP/1.x message.
+pub fn foreign_protocol(role: Role, start: &[u8]) -> Option<&'static str> {
+    if let [t, 3, minor, ..] = start {
+        if (20..=23).contains(t) && *minor <= 4 {
+            return Some("TLS");
+        }
+    }
+    let h2 = match role {
+        Role::Request => start.starts_with(H2_PREFACE),
+        Role::Response => match start {
+            [0, _, _, 4, flags, rest @ ..] if *flags <= 1 => rest.iter().take(4).all(|&b| b == 0),
+            _ => false,
+        },
+    };
+    h2.then_some("HTTP/2")
+}
 
 /// Whether `data` starts like an HTTP/1.x request line.
 pub fn looks_like_request(data: &[u8]) -> bool {
@@ -432,6 +462,8 @@ impl Parser {
             State::Idle => {
                 self.buf.clear();
                 self.too_large_reported = false;
+                // A gap may have interrupted a bad start; this message starts afresh.
+                self.bad_start = false;
                 self.body = 0;
                 self.framing = Framing::None;
                 // Requests may be preceded by stray CRLFs (RFC 9112 §2.2).
@@ -532,17 +564,38 @@ impl Parser {
                 let take = nl.map_or(data.len(), |p| p + 1).min(room);
                 self.buf.extend_from_slice(&data[..take]);
                 if self.buf.len() >= STATUS_EVIDENCE || self.buf.ends_with(b"\n") {
-                    self.state = State::Broken;
-                    self.bad_start = false;
-                    return (
-                        take,
-                        Step::Broken(Violation::MalformedStatusLine {
-                            line: escape(&self.buf),
-                        }),
-                    );
+                    return (take, Step::Broken(self.bad_start_verdict()));
                 }
                 return (take, Step::NeedMore);
             }
+        }
+        // A request cannot start with a control byte; when it is the first byte of a TLS
+        // record, wait for the three bytes that say so instead of for a head end that an
+        // encrypted stream never sends.
+        if self.role == Role::Request
+            && self.buf.len() < 3
+            && self
+                .buf
+                .first()
+                .or(data.first())
+                .is_some_and(|b| (20..=23).contains(b))
+        {
+            let take = (3 - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            if self.buf.len() < 3 {
+                return (take, Step::NeedMore);
+            }
+            if let Some(protocol) = foreign_protocol(self.role, &self.buf) {
+                self.state = State::Broken;
+                return (
+                    take,
+                    Step::Broken(Violation::ForeignProtocol {
+                        protocol,
+                        first_bytes: escape(&self.buf),
+                    }),
+                );
+            }
+            return (take, Step::NeedMore);
         }
         if self.buf.len() < self.head_buffer_cap {
             let room = self.head_buffer_cap - self.buf.len();
@@ -600,6 +653,37 @@ impl Parser {
         (0, self.head_over_cap())
     }
 
+    /// A response that did not start with "HTTP/": what its first bytes are. Either another
+    /// protocol (TLS, HTTP/2) or an HTTP/0.9-style reply / junk: a malformed status line.
+    fn bad_start_verdict(&mut self) -> Violation {
+        self.state = State::Broken;
+        self.bad_start = false;
+        match foreign_protocol(self.role, &self.buf) {
+            Some(protocol) => Violation::ForeignProtocol {
+                protocol,
+                first_bytes: escape(&self.buf),
+            },
+            None => Violation::MalformedStatusLine {
+                line: escape(&self.buf),
+            },
+        }
+    }
+
+    /// The stream ended (FIN, RST, end of capture). A response whose first bytes already
+    /// ruled out "HTTP/" is a malformed status line (or another protocol) with the bytes
+    /// collected so far, not a truncated head: no more bytes would have made it HTTP, and
+    /// the gateway decided on those first bytes too.
+    pub fn end_of_stream(&mut self) -> Option<Violation> {
+        if self.role == Role::Response
+            && self.bad_start
+            && matches!(self.state, State::Head)
+            && !self.buf.is_empty()
+        {
+            return Some(self.bad_start_verdict());
+        }
+        None
+    }
+
     /// The buffer is full and the head has not ended: it cannot be parsed, nor the stream
     /// framed after it. Said when the cap is reached, not when (if ever) the head ends.
     fn head_over_cap(&mut self) -> Step {
@@ -621,6 +705,13 @@ impl Parser {
             head_len: self.buf.len(),
             ..Head::default()
         };
+        if self.role == Role::Request && self.buf.starts_with(H2_PREFACE) {
+            self.state = State::Broken;
+            return Step::Broken(Violation::ForeignProtocol {
+                protocol: "HTTP/2",
+                first_bytes: escape(H2_PREFACE),
+            });
+        }
         let parsed: Result<&[httparse::Header<'_>], httparse::Error> = match self.role {
             Role::Response => {
                 let mut r = httparse::Response::new(&mut []);
@@ -1285,6 +1376,80 @@ mod test {
             .filter(|t| t.contains("s3cr3t"))
             .collect();
         assert!(leaks.is_empty(), "{leaks:?}");
+    }
+
+    #[test]
+    fn junk_ended_before_a_line_end_is_a_malformed_status_line() {
+        let mut p = Parser::new(Role::Response, &Limits::default());
+        let mut data: &[u8] = b"xzscxc#$#AzMTax4wGxA5";
+        while !data.is_empty() {
+            let (n, _) = p.step(data);
+            data = &data[n..];
+        }
+        assert!(
+            matches!(
+                p.end_of_stream(),
+                Some(Violation::MalformedStatusLine { .. })
+            ),
+            "{:?}",
+            p.position()
+        );
+    }
+
+    #[test]
+    fn tls_and_http2_are_named_not_taken_for_malformed_messages() {
+        let mut client_hello = vec![0x16, 0x03, 0x01, 0x00, 0xc4, 0x01, 0x00, 0x00, 0xc0];
+        client_hello.extend_from_slice(&[0; 40]);
+        let mut server_hello = vec![0x16, 0x03, 0x03, 0x00, 0x7a, 0x02, 0x00, 0x00, 0x76];
+        server_hello.extend_from_slice(b"\x03\x03\n rest of the random");
+        let cases: &[(Role, &[u8])] = &[
+            (Role::Request, &client_hello),
+            (
+                Role::Request,
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+            ),
+            (Role::Response, &server_hello),
+            (
+                Role::Response,
+                b"\0\0\x12\x04\0\0\0\0\0\0\x03\0\0\0\x64\0\x04\0\x01\0\0\n",
+            ),
+        ];
+        let misread: Vec<String> = cases
+            .iter()
+            .map(|(role, s)| every_split(*role, s, None))
+            .filter(|t| !t.starts_with("S !ForeignProtocol"))
+            .collect();
+        assert!(misread.is_empty(), "{misread:?}");
+    }
+
+    #[test]
+    fn a_gap_after_a_bad_start_does_not_spoil_the_next_response() {
+        let mut p = Parser::new(Role::Response, &Limits::default());
+        let mut data: &[u8] = b"junk";
+        while !data.is_empty() {
+            let (n, _) = p.step(data);
+            data = &data[n..];
+        }
+        assert!(!p.gap(10));
+        let t: Vec<String> = [&b"tail\r\n"[..], b"HTTP/1.1 204 No Content\r\n\r\n"]
+            .iter()
+            .flat_map(|chunk| {
+                let mut out = Vec::new();
+                let mut data: &[u8] = chunk;
+                loop {
+                    let (n, step) = p.step(data);
+                    data = &data[n..];
+                    match step {
+                        Step::NeedMore if data.is_empty() => break,
+                        Step::Head(h) => out.push(format!("H{}", h.status.unwrap_or(0))),
+                        Step::Broken(v) => out.push(format!("{v:?}")),
+                        _ => {}
+                    }
+                }
+                out
+            })
+            .collect();
+        assert_eq!(t, ["H204"]);
     }
 
     #[test]
