@@ -694,6 +694,16 @@ impl Parser {
         })
     }
 
+    /// The method token of a buffered request head: a run of token characters followed by a
+    /// space, escaped. None for responses or when the line does not start that way.
+    fn readable_method(&self) -> Option<String> {
+        if self.role != Role::Request {
+            return None;
+        }
+        let n = self.buf.iter().take_while(|&&b| is_tchar(b)).count();
+        (n > 0 && self.buf.get(n) == Some(&b' ')).then(|| escape(&self.buf[..n]))
+    }
+
     /// Parses the complete head in `buf`.
     fn finish_head(&mut self) -> Step {
         // Left uninitialised for httparse to fill (zeroing 128 headers per head, and
@@ -753,6 +763,14 @@ impl Parser {
             Err(e) => {
                 let v = diagnose(self.role, &self.buf, e, self.show_secrets);
                 self.state = State::Broken;
+                // The response's framing depends on the method (HEAD: no body), so a request
+                // whose line is malformed but whose method token is readable still says it;
+                // the violation travels on the head, as for ambiguous framing below.
+                if let Some(method) = self.readable_method() {
+                    head.method = Some(method);
+                    head.violations.push(v);
+                    return Step::Head(Box::new(head));
+                }
                 return Step::Broken(v);
             }
         };
@@ -1450,6 +1468,17 @@ mod test {
             })
             .collect();
         assert_eq!(t, ["H204"]);
+    }
+
+    #[test]
+    fn a_malformed_request_line_keeps_its_method() {
+        let t = trace(
+            Role::Request,
+            b"HEAD /HTTP/1.1\r\nHost: x\r\n\r\n",
+            100,
+            None,
+        );
+        assert!(t.starts_with("S HHEAD !MalformedRequest"), "{t}");
     }
 
     #[test]
