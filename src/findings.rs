@@ -111,6 +111,9 @@ kinds! {
     /// A malformed request head on the proxy->backend leg (the gateway's own fault, or a
     /// client's bytes passed through).
     MalformedRequest => "malformed_request", Warning;
+    /// The connection is TLS or HTTP/2, which gatescope cannot read. An error when the
+    /// backend answered an HTTP/1.x request that way (a protocol mismatch), else a warning.
+    UnsupportedProtocol => "unsupported_protocol", Warning;
     /// A bounded resource of gatescope's own ran out; analysis of this connection is partial.
     LimitReached => "limit_reached", Warning;
 }
@@ -277,6 +280,12 @@ impl Kind {
                 "-",
             ),
             Kind::MalformedRequest => h("(request built by the proxy; check the client side)", 0, "-", "-"),
+            Kind::UnsupportedProtocol => h(
+                "if the proxy and the backend disagree: proxy_pass http:// to a TLS or HTTP/2 port gives upstream sent no valid HTTP/1.0 header (passed through as HTTP/0.9); https:// to a plain-HTTP port gives SSL_do_handshake() failed while SSL handshaking to upstream (502)",
+                502,
+                "PH (plain HTTP to a TLS/HTTP/2 port) or SC/SH (TLS handshake failure)",
+                "UPE or UF (TLS error)",
+            ),
             Kind::LimitReached => h("(gatescope limit, not a gateway event)", 0, "-", "-"),
         }
     }

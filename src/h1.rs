@@ -40,7 +40,8 @@ impl Framing {
 /// What a head said, kept small: bodies and most headers are not retained.
 #[derive(Clone, Debug, Default)]
 pub struct Head {
-    /// Request method (requests only).
+    /// Request method (requests only), length-capped and escaped like the target: it is
+    /// wire bytes too, and goes into every finding and exchange record of its exchange.
     pub method: Option<String>,
     /// Request target, length-capped and escaped (requests only).
     pub target: Option<String>,
@@ -91,6 +92,13 @@ pub enum Violation {
     },
     InvalidChunk {
         line: String,
+    },
+    /// The stream is TLS or HTTP/2, not HTTP/1.x: gatescope cannot read it. Told apart from
+    /// a malformed message because the fix is a configuration one (the proxy and the backend
+    /// disagree on the protocol, or the leg is simply encrypted), not a broken backend.
+    ForeignProtocol {
+        protocol: &'static str,
+        first_bytes: String,
     },
     /// One of gatescope's own bounds was hit while parsing.
     Limit {
@@ -230,6 +238,29 @@ const STATUS_EVIDENCE: usize = 64;
 
 /// Max characters of evidence taken from the wire.
 pub const EVIDENCE_CAP: usize = 200;
+
+/// The HTTP/2 connection preface a client sends with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// Which non-HTTP/1 protocol the first bytes of a stream are, if they are clearly one:
+/// a TLS record header (content type 20-23, version 3.x: a ClientHello, ServerHello or
+/// alert), the HTTP/2 client preface, or an HTTP/2 server's first frame (SETTINGS on
+/// stream 0). None of these can start an HTTP/1.x message.
+pub fn foreign_protocol(role: Role, start: &[u8]) -> Option<&'static str> {
+    if let [t, 3, minor, ..] = start {
+        if (20..=23).contains(t) && *minor <= 4 {
+            return Some("TLS");
+        }
+    }
+    let h2 = match role {
+        Role::Request => start.starts_with(H2_PREFACE),
+        Role::Response => match start {
+            [0, _, _, 4, flags, rest @ ..] if *flags <= 1 => rest.iter().take(4).all(|&b| b == 0),
+            _ => false,
+        },
+    };
+    h2.then_some("HTTP/2")
+}
 
 /// Whether `data` starts like an HTTP/1.x request line.
 pub fn looks_like_request(data: &[u8]) -> bool {
@@ -431,6 +462,8 @@ impl Parser {
             State::Idle => {
                 self.buf.clear();
                 self.too_large_reported = false;
+                // A gap may have interrupted a bad start; this message starts afresh.
+                self.bad_start = false;
                 self.body = 0;
                 self.framing = Framing::None;
                 // Requests may be preceded by stray CRLFs (RFC 9112 §2.2).
@@ -531,17 +564,38 @@ impl Parser {
                 let take = nl.map_or(data.len(), |p| p + 1).min(room);
                 self.buf.extend_from_slice(&data[..take]);
                 if self.buf.len() >= STATUS_EVIDENCE || self.buf.ends_with(b"\n") {
-                    self.state = State::Broken;
-                    self.bad_start = false;
-                    return (
-                        take,
-                        Step::Broken(Violation::MalformedStatusLine {
-                            line: escape(&self.buf),
-                        }),
-                    );
+                    return (take, Step::Broken(self.bad_start_verdict()));
                 }
                 return (take, Step::NeedMore);
             }
+        }
+        // A request cannot start with a control byte; when it is the first byte of a TLS
+        // record, wait for the three bytes that say so instead of for a head end that an
+        // encrypted stream never sends.
+        if self.role == Role::Request
+            && self.buf.len() < 3
+            && self
+                .buf
+                .first()
+                .or(data.first())
+                .is_some_and(|b| (20..=23).contains(b))
+        {
+            let take = (3 - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            if self.buf.len() < 3 {
+                return (take, Step::NeedMore);
+            }
+            if let Some(protocol) = foreign_protocol(self.role, &self.buf) {
+                self.state = State::Broken;
+                return (
+                    take,
+                    Step::Broken(Violation::ForeignProtocol {
+                        protocol,
+                        first_bytes: escape(&self.buf),
+                    }),
+                );
+            }
+            return (take, Step::NeedMore);
         }
         if self.buf.len() < self.head_buffer_cap {
             let room = self.head_buffer_cap - self.buf.len();
@@ -599,6 +653,37 @@ impl Parser {
         (0, self.head_over_cap())
     }
 
+    /// A response that did not start with "HTTP/": what its first bytes are. Either another
+    /// protocol (TLS, HTTP/2) or an HTTP/0.9-style reply / junk: a malformed status line.
+    fn bad_start_verdict(&mut self) -> Violation {
+        self.state = State::Broken;
+        self.bad_start = false;
+        match foreign_protocol(self.role, &self.buf) {
+            Some(protocol) => Violation::ForeignProtocol {
+                protocol,
+                first_bytes: escape(&self.buf),
+            },
+            None => Violation::MalformedStatusLine {
+                line: escape(&self.buf),
+            },
+        }
+    }
+
+    /// The stream ended (FIN, RST, end of capture). A response whose first bytes already
+    /// ruled out "HTTP/" is a malformed status line (or another protocol) with the bytes
+    /// collected so far, not a truncated head: no more bytes would have made it HTTP, and
+    /// the gateway decided on those first bytes too.
+    pub fn end_of_stream(&mut self) -> Option<Violation> {
+        if self.role == Role::Response
+            && self.bad_start
+            && matches!(self.state, State::Head)
+            && !self.buf.is_empty()
+        {
+            return Some(self.bad_start_verdict());
+        }
+        None
+    }
+
     /// The buffer is full and the head has not ended: it cannot be parsed, nor the stream
     /// framed after it. Said when the cap is reached, not when (if ever) the head ends.
     fn head_over_cap(&mut self) -> Step {
@@ -607,6 +692,16 @@ impl Parser {
             which: "head_buffer_cap",
             limit: self.head_buffer_cap,
         })
+    }
+
+    /// The method token of a buffered request head: a run of token characters followed by a
+    /// space, escaped. None for responses or when the line does not start that way.
+    fn readable_method(&self) -> Option<String> {
+        if self.role != Role::Request {
+            return None;
+        }
+        let n = self.buf.iter().take_while(|&&b| is_tchar(b)).count();
+        (n > 0 && self.buf.get(n) == Some(&b' ')).then(|| escape(&self.buf[..n]))
     }
 
     /// Parses the complete head in `buf`.
@@ -620,6 +715,13 @@ impl Parser {
             head_len: self.buf.len(),
             ..Head::default()
         };
+        if self.role == Role::Request && self.buf.starts_with(H2_PREFACE) {
+            self.state = State::Broken;
+            return Step::Broken(Violation::ForeignProtocol {
+                protocol: "HTTP/2",
+                first_bytes: escape(H2_PREFACE),
+            });
+        }
         let parsed: Result<&[httparse::Header<'_>], httparse::Error> = match self.role {
             Role::Response => {
                 let mut r = httparse::Response::new(&mut []);
@@ -639,7 +741,7 @@ impl Parser {
                 let mut r = httparse::Request::new(&mut []);
                 match r.parse_with_uninit_headers(&self.buf, headers) {
                     Ok(httparse::Status::Complete(_)) => {
-                        head.method = r.method.map(str::to_owned);
+                        head.method = r.method.map(|m| escape(m.as_bytes()));
                         head.target = r.path.map(|p| escape(p.as_bytes()));
                         head.version_minor = r.version.unwrap_or(1);
                         Ok(r.headers)
@@ -661,6 +763,14 @@ impl Parser {
             Err(e) => {
                 let v = diagnose(self.role, &self.buf, e, self.show_secrets);
                 self.state = State::Broken;
+                // The response's framing depends on the method (HEAD: no body), so a request
+                // whose line is malformed but whose method token is readable still says it;
+                // the violation travels on the head, as for ambiguous framing below.
+                if let Some(method) = self.readable_method() {
+                    head.method = Some(method);
+                    head.violations.push(v);
+                    return Step::Head(Box::new(head));
+                }
                 return Step::Broken(v);
             }
         };
@@ -938,7 +1048,6 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     Some(v)
 }
 
-/// Names the offending line of a head `httparse` rejected, in nginx's terms.
 /// Headers whose values are credentials: never shown unless `--show-secrets`.
 const SECRET_HEADERS: &[&str] = &[
     "authorization",
@@ -947,24 +1056,61 @@ const SECRET_HEADERS: &[&str] = &[
     "set-cookie",
 ];
 
+/// Whether a header name (any case) carries credentials.
+fn is_secret_name(name: &[u8]) -> bool {
+    SECRET_HEADERS
+        .iter()
+        .any(|s| s.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The header name a line starts with, if it is a credential header: its leading run of
+/// token characters. Taken this way rather than up to the colon so that a malformed line
+/// (`Set-Cookie sid=…` without a colon, `Set-Cookie : …`, a NUL before the colon) is still
+/// recognised: those are exactly the lines that end up quoted in evidence.
+fn secret_name_len(line: &[u8]) -> Option<usize> {
+    let n = line.iter().take_while(|&&b| is_tchar(b)).count();
+    (n > 0 && is_secret_name(&line[..n])).then_some(n)
+}
+
 /// A header line for evidence: escaped, with credential values replaced by their length.
 pub fn evidence_line(line: &[u8], show_secrets: bool) -> String {
     if !show_secrets {
-        if let Some(colon) = line.iter().position(|&b| b == b':') {
-            let name = String::from_utf8_lossy(&line[..colon]);
-            let name = name.trim().to_ascii_lowercase();
-            if SECRET_HEADERS.contains(&name.as_str()) {
-                let value_len = line.len() - colon - 1;
-                return format!(
-                    "{}: <{value_len} bytes hidden; --show-secrets to print>",
-                    escape(&line[..colon])
-                );
-            }
+        if let Some(n) = secret_name_len(line) {
+            let rest = &line[n..];
+            let ws = rest
+                .iter()
+                .take_while(|&&b| b == b' ' || b == b'\t')
+                .count();
+            return match rest.get(ws) {
+                Some(b':') => format!(
+                    "{}: <{} bytes hidden; --show-secrets to print>",
+                    escape(&line[..n + ws]),
+                    rest.len() - ws - 1
+                ),
+                _ => format!(
+                    "{} <{} bytes hidden; --show-secrets to print>",
+                    escape(&line[..n]),
+                    rest.len()
+                ),
+            };
         }
     }
     escape(line)
 }
 
+/// A continuation (obs-fold) line of a credential header: its bytes are part of the secret
+/// value, so only their length is shown.
+fn hidden_continuation(line: &[u8], show_secrets: bool) -> String {
+    if show_secrets {
+        return escape(line);
+    }
+    format!(
+        "<{} bytes hidden: continues a credential header; --show-secrets to print>",
+        line.len()
+    )
+}
+
+/// Names the offending line of a head `httparse` rejected, in nginx's terms.
 fn diagnose(role: Role, head: &[u8], err: httparse::Error, show_secrets: bool) -> Violation {
     let mut lines = head.split(|&b| b == b'\n');
     let first = lines.next().unwrap_or_default();
@@ -979,12 +1125,19 @@ fn diagnose(role: Role, head: &[u8], err: httparse::Error, show_secrets: bool) -
             line: escape(first),
         };
     }
+    // Whether the last field line (not a continuation) was a credential header: its folded
+    // continuation lines carry the rest of the secret.
+    let mut in_secret = false;
     for raw in lines {
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         if line.is_empty() {
             break;
         }
-        let reason = if line[0] == b' ' || line[0] == b'\t' {
+        let folded = line[0] == b' ' || line[0] == b'\t';
+        if !folded {
+            in_secret = secret_name_len(line).is_some();
+        }
+        let reason = if folded {
             Some("obsolete line folding (line starts with whitespace)")
         } else if let Some(colon) = line.iter().position(|&b| b == b':') {
             let name = &line[..colon];
@@ -1008,7 +1161,11 @@ fn diagnose(role: Role, head: &[u8], err: httparse::Error, show_secrets: bool) -
             Some("missing colon")
         };
         if let Some(reason) = reason {
-            let line = evidence_line(raw, show_secrets);
+            let line = if folded && in_secret {
+                hidden_continuation(raw, show_secrets)
+            } else {
+                evidence_line(raw, show_secrets)
+            };
             return match role {
                 Role::Response => Violation::MalformedHeader { reason, line },
                 Role::Request => Violation::MalformedRequest { reason, line },
@@ -1201,6 +1358,127 @@ mod test {
         assert!(!t.contains("s3cr3t"), "{t}");
         assert!(evidence_line(b"Cookie: a=b", true).contains("a=b"));
         assert!(!evidence_line(b"authorization: Basic xyz", false).contains("xyz"));
+    }
+
+    #[test]
+    fn a_huge_request_method_is_capped_like_the_target() {
+        let mut req = vec![b'X'; 60_000];
+        req.extend_from_slice(b" / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let t = trace(Role::Request, &req, req.len(), None);
+        assert!(
+            t.len() < EVIDENCE_CAP + 20,
+            "method not capped: {} bytes",
+            t.len()
+        );
+    }
+
+    #[test]
+    fn credentials_on_malformed_lines_are_hidden_too() {
+        let cases: &[(Role, &[u8])] = &[
+            (
+                Role::Response,
+                b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=\r\n s3cr3t\r\nContent-Length: 0\r\n\r\n",
+            ),
+            (
+                Role::Response,
+                b"HTTP/1.1 200 OK\r\nSet-Cookie sid=s3cr3t\r\nContent-Length: 0\r\n\r\n",
+            ),
+            (
+                Role::Request,
+                b"GET / HTTP/1.1\r\nAuthorization: Bearer\r\n\ts3cr3t\r\nHost: x\r\n\r\n",
+            ),
+        ];
+        let leaks: Vec<String> = cases
+            .iter()
+            .map(|(role, head)| trace(*role, head, head.len(), None))
+            .filter(|t| t.contains("s3cr3t"))
+            .collect();
+        assert!(leaks.is_empty(), "{leaks:?}");
+    }
+
+    #[test]
+    fn junk_ended_before_a_line_end_is_a_malformed_status_line() {
+        let mut p = Parser::new(Role::Response, &Limits::default());
+        let mut data: &[u8] = b"xzscxc#$#AzMTax4wGxA5";
+        while !data.is_empty() {
+            let (n, _) = p.step(data);
+            data = &data[n..];
+        }
+        assert!(
+            matches!(
+                p.end_of_stream(),
+                Some(Violation::MalformedStatusLine { .. })
+            ),
+            "{:?}",
+            p.position()
+        );
+    }
+
+    #[test]
+    fn tls_and_http2_are_named_not_taken_for_malformed_messages() {
+        let mut client_hello = vec![0x16, 0x03, 0x01, 0x00, 0xc4, 0x01, 0x00, 0x00, 0xc0];
+        client_hello.extend_from_slice(&[0; 40]);
+        let mut server_hello = vec![0x16, 0x03, 0x03, 0x00, 0x7a, 0x02, 0x00, 0x00, 0x76];
+        server_hello.extend_from_slice(b"\x03\x03\n rest of the random");
+        let cases: &[(Role, &[u8])] = &[
+            (Role::Request, &client_hello),
+            (
+                Role::Request,
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+            ),
+            (Role::Response, &server_hello),
+            (
+                Role::Response,
+                b"\0\0\x12\x04\0\0\0\0\0\0\x03\0\0\0\x64\0\x04\0\x01\0\0\n",
+            ),
+        ];
+        let misread: Vec<String> = cases
+            .iter()
+            .map(|(role, s)| every_split(*role, s, None))
+            .filter(|t| !t.starts_with("S !ForeignProtocol"))
+            .collect();
+        assert!(misread.is_empty(), "{misread:?}");
+    }
+
+    #[test]
+    fn a_gap_after_a_bad_start_does_not_spoil_the_next_response() {
+        let mut p = Parser::new(Role::Response, &Limits::default());
+        let mut data: &[u8] = b"junk";
+        while !data.is_empty() {
+            let (n, _) = p.step(data);
+            data = &data[n..];
+        }
+        assert!(!p.gap(10));
+        let t: Vec<String> = [&b"tail\r\n"[..], b"HTTP/1.1 204 No Content\r\n\r\n"]
+            .iter()
+            .flat_map(|chunk| {
+                let mut out = Vec::new();
+                let mut data: &[u8] = chunk;
+                loop {
+                    let (n, step) = p.step(data);
+                    data = &data[n..];
+                    match step {
+                        Step::NeedMore if data.is_empty() => break,
+                        Step::Head(h) => out.push(format!("H{}", h.status.unwrap_or(0))),
+                        Step::Broken(v) => out.push(format!("{v:?}")),
+                        _ => {}
+                    }
+                }
+                out
+            })
+            .collect();
+        assert_eq!(t, ["H204"]);
+    }
+
+    #[test]
+    fn a_malformed_request_line_keeps_its_method() {
+        let t = trace(
+            Role::Request,
+            b"HEAD /HTTP/1.1\r\nHost: x\r\n\r\n",
+            100,
+            None,
+        );
+        assert!(t.starts_with("S HHEAD !MalformedRequest"), "{t}");
     }
 
     #[test]

@@ -377,10 +377,47 @@ impl Session {
                     }
                     self.retire();
                 }
+                Step::Broken(Violation::ForeignProtocol {
+                    protocol,
+                    first_bytes,
+                }) => self.client_foreign(protocol, first_bytes, ctx),
                 Step::Violation(v) | Step::Broken(v) => self.request_violation(&v, ctx),
             }
         }
         self.client_off += data.len() as u64;
+    }
+
+    /// The proxy spoke TLS or HTTP/2 on this connection. It is not a malformed request:
+    /// the whole connection is in a protocol gatescope cannot read, so it says that once,
+    /// invents no exchange for it, and does not read the backend's answer as HTTP/1 either
+    /// (its TLS records would otherwise be "excess data" or a "malformed status line").
+    fn client_foreign(&mut self, protocol: &str, first_bytes: String, ctx: &mut Ctx<'_>) {
+        if let Some(i) = self.requesting() {
+            if i + 1 == self.pending.len() && !self.pending[i].resp_started {
+                self.pending.pop_back();
+                self.next_index -= 1;
+            }
+        }
+        if self.pending.is_empty() {
+            self.resp.tunnel();
+        }
+        let what = if protocol == "TLS" {
+            "a TLS handshake: this backend leg is encrypted"
+        } else {
+            "the HTTP/2 connection preface (prior knowledge)"
+        };
+        let msg = format!(
+            "the proxy opened this connection with {what}; gatescope reads only cleartext HTTP/1.x, so its requests and responses are not analysed (capture where the leg is cleartext, or check that the backend expects {protocol})"
+        );
+        self.em.finding(
+            ctx,
+            Kind::UnsupportedProtocol,
+            Severity::Warning,
+            &ExRef::default(),
+            None,
+            msg,
+            evidence(json!({"protocol": protocol, "side": "proxy", "first_bytes": first_bytes})),
+        );
     }
 
     fn request_start(&mut self, offset: u64, ctx: &mut Ctx<'_>) {
@@ -757,6 +794,8 @@ impl Session {
             return;
         };
         let e = &mut self.pending[i];
+        // The proxy sent an HTTP/1.x request that this response answers.
+        let answers_request = e.req_start.is_some() && !e.unsolicited;
         let (kind, msg) = match v {
             Violation::MalformedStatusLine { .. } => (
                 Kind::MalformedStatusLine,
@@ -795,9 +834,23 @@ impl Session {
                 Kind::LimitReached,
                 format!("response exceeded gatescope's {which} limit ({limit}); the rest of this connection is not parsed"),
             ),
+            Violation::ForeignProtocol { protocol, .. } if answers_request => (
+                Kind::UnsupportedProtocol,
+                format!("the backend answered the proxy's cleartext HTTP/1.x request in {protocol}: the proxy and the backend disagree on the protocol (e.g. proxy_pass http:// to a TLS or HTTP/2 port); gatescope cannot read the rest"),
+            ),
+            Violation::ForeignProtocol { protocol, .. } => (
+                Kind::UnsupportedProtocol,
+                format!("the backend sent {protocol}; gatescope reads only cleartext HTTP/1.x, so this connection is not analysed"),
+            ),
         };
-        let severity = kind.severity();
-        if severity == Severity::Error {
+        // Another protocol in answer to an HTTP/1.x request is the proxy/backend protocol
+        // mismatch behind a 502; without a request seen, it only says the leg is unreadable.
+        let severity = match v {
+            Violation::ForeignProtocol { .. } if !answers_request => Severity::Warning,
+            Violation::ForeignProtocol { .. } => Severity::Error,
+            _ => kind.severity(),
+        };
+        if severity == Severity::Error || kind == Kind::UnsupportedProtocol {
             e.explained = true;
             if fatal {
                 e.outcome = Some(Outcome::Invalid);
@@ -1008,6 +1061,11 @@ impl Session {
         }
         self.server_closed = Some((ctx.ts, ctx.frame, how));
         self.flush_excess(ctx);
+        // Bytes that could never start "HTTP/" were received before this close: they, not
+        // the close, explain the exchange.
+        if let Some(v) = self.resp.end_of_stream() {
+            self.response_violation(&v, true, ctx);
+        }
         if self.client_closed.is_some()
             && !self.server_spoke_after_client_fin
             && self.response_owed()
@@ -1199,6 +1257,9 @@ impl Session {
     pub fn finish(&mut self, now: Ts, ctx: &mut Ctx<'_>) {
         self.flush_slow(ctx);
         self.flush_excess(ctx);
+        if let Some(v) = self.resp.end_of_stream() {
+            self.response_violation(&v, true, ctx);
+        }
         for i in 0..self.pending.len() {
             self.request_after_close(i, ctx);
         }
@@ -1340,6 +1401,7 @@ pub fn describe_violation(v: &Violation) -> String {
         }
         Violation::InvalidChunk { line } => format!("invalid chunk \"{line}\""),
         Violation::Limit { which, limit } => format!("{which} limit {limit} reached"),
+        Violation::ForeignProtocol { protocol, .. } => format!("{protocol}, not HTTP/1.x"),
     }
 }
 
@@ -1362,5 +1424,9 @@ fn violation_evidence(v: &Violation) -> Value {
         Violation::UnsupportedTransferEncoding { value } => json!({"transfer_encoding": value}),
         Violation::InvalidChunk { line } => json!({"line": line}),
         Violation::Limit { which, limit } => json!({"limit": which, "value": limit}),
+        Violation::ForeignProtocol {
+            protocol,
+            first_bytes,
+        } => json!({"protocol": protocol, "side": "backend", "first_bytes": first_bytes}),
     }
 }

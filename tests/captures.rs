@@ -84,6 +84,7 @@ const EXPECTED: &[Sample] = &[
         &[("unsupported_transfer_encoding", 1)],
     ),
     ("zero_window", 1, &[("zero_window", 0)]),
+    ("unsupported_protocol", 1, &[("unsupported_protocol", 1)]),
     // The README's demo: a small backend pool with several faults at once.
     (
         "demo",
@@ -307,4 +308,65 @@ fn bytes_that_never_form_a_request_get_no_abandonment_verdict() {
     let (code, recs, _) = analyze_json(&[&path], &[]);
     assert_eq!(finding_set(&recs), vec![]);
     assert_eq!(code, 0);
+}
+
+/// Writes one proxy->backend conversation to a capture: `request`, `response`, then the
+/// backend's FIN and the proxy's.
+fn conversation(request: &[u8], response: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+    use gatescope::synth::{Conversation, LinkType, PcapWriter};
+    let mut c = Conversation::new(
+        "10.0.0.1:40000".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.handshake().client_send(request).advance(1000);
+    c.server_send(response)
+        .advance(1000)
+        .server_fin()
+        .client_fin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.pcap");
+    let file = std::fs::File::create(&path).expect("create");
+    let mut w = PcapWriter::new(file, LinkType::Ethernet).expect("pcap");
+    w.write_packets(&c.into_packets()).expect("write");
+    drop(w);
+    (dir, path)
+}
+
+#[test]
+fn a_non_http_reply_cut_by_a_fin_is_a_malformed_status_line_not_a_truncated_head() {
+    let (_d, path) = conversation(
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"xzscxc#$#AzMTax4wGxA5DSBkODw8e3d3PCsADwwXfXdienNreXM=$#$vxxd",
+    );
+    let (_, recs, _) = analyze_json(&[&path], &[]);
+    assert_eq!(
+        finding_set(&recs),
+        vec![("malformed_status_line".to_string(), 1)]
+    );
+}
+
+#[test]
+fn a_tls_or_http2_leg_is_named_as_such_not_reported_as_backend_errors() {
+    let mut client_hello = vec![0x16, 0x03, 0x01, 0x00, 0xc4, 0x01, 0x00, 0x00, 0xc0];
+    client_hello.extend_from_slice(&[0; 183]);
+    let mut server_hello = vec![0x16, 0x03, 0x03, 0x00, 0x7a, 0x02, 0x00, 0x00, 0x76];
+    server_hello.extend_from_slice(&[0; 300]);
+    let h2_client: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    let h2_server: &[u8] = b"\0\0\x06\x04\0\0\0\0\0\0\x03\0\0\0\x64";
+    let mut got = Vec::new();
+    for (request, response) in [
+        (&client_hello[..], &server_hello[..]),
+        (h2_client, h2_server),
+    ] {
+        let (_d, path) = conversation(request, response);
+        let (code, recs, _) = analyze_json(&[&path], &[]);
+        let severities: Vec<String> = of_type(&recs, "finding")
+            .iter()
+            .map(|f| format!("{} {}", f["kind"], f["severity"]))
+            .collect();
+        got.push((code, severities));
+    }
+    let want = (0, vec![r#""unsupported_protocol" "warning""#.to_string()]);
+    assert_eq!(got, [want.clone(), want]);
 }

@@ -404,6 +404,8 @@ scenarios![
     snaplen_truncated,
     port_reuse,
     demo,
+    // Last, so that adding it left every other sample's client port (and bytes) unchanged.
+    unsupported_protocol,
 ];
 
 fn write_samples(dir: &Path, only: Option<&str>) -> io::Result<()> {
@@ -867,6 +869,20 @@ fn http09_response(port: u16) -> Sample {
     c.client_send(&get("/"))
         .advance(MS)
         .server_send(b"hello world\n")
+        .server_fin()
+        .advance(100)
+        .client_fin();
+    sample(c)
+}
+
+/// `proxy_pass http://` to a TLS port: the backend answers the cleartext GET with a TLS
+/// alert record (fatal, protocol_version) and closes.
+fn unsupported_protocol(port: u16) -> Sample {
+    let mut c = conv(port);
+    c.handshake();
+    c.client_send(&get("/"))
+        .advance(MS)
+        .server_send(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46])
         .server_fin()
         .advance(100)
         .client_fin();
