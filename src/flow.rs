@@ -632,14 +632,14 @@ impl FlowTable {
                     first_gap: None,
                     offset: r.next_offset(),
                 };
-                let held_before = r.buffered();
+                let held_before = r.footprint();
                 let eff = r.segment(seq, seg.payload, seg.missing, flags.fin(), &mut sink);
-                ooo.held = (ooo.held + r.buffered()).saturating_sub(held_before);
-                let over_total = ooo.held > ooo.cap && r.buffered() > 0;
+                ooo.held = (ooo.held + r.footprint()).saturating_sub(held_before);
+                let over_total = ooo.held > ooo.cap && r.footprint() > 0;
                 if over_total {
                     // Every connection together holds too much out-of-order data: this one
                     // gives its buffer up (its holes become capture gaps).
-                    let held = r.buffered();
+                    let held = r.footprint();
                     r.flush_holes(&mut sink);
                     ooo.held = ooo.held.saturating_sub(held);
                 }
@@ -725,7 +725,7 @@ impl FlowTable {
                     first_gap: None,
                     offset: r.next_offset(),
                 };
-                self.ooo.held = self.ooo.held.saturating_sub(r.buffered());
+                self.ooo.held = self.ooo.held.saturating_sub(r.footprint());
                 r.flush(&mut sink);
                 let (gaps, first_gap) = (sink.gaps, sink.first_gap);
                 dir.gaps += gaps;
@@ -1087,7 +1087,7 @@ fn sent_upto(
         first_gap: None,
         offset: r.next_offset(),
     };
-    let held_before = r.buffered();
+    let held_before = r.footprint();
     if from_ack
         && !dir.seen
         && !r.finished()
@@ -1103,7 +1103,7 @@ fn sent_upto(
     r.acked(upto, &mut sink);
     ooo.held = ooo
         .held
-        .saturating_sub(held_before - r.buffered().min(held_before));
+        .saturating_sub(held_before - r.footprint().min(held_before));
     let (gaps, first_gap) = (sink.gaps, sink.first_gap);
     dir.gaps += gaps;
     if dir.first_gap.is_none() {

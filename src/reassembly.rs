@@ -68,6 +68,9 @@ pub struct SegmentEffect {
     pub overflowed: bool,
 }
 
+/// What one held piece costs beyond its bytes: its map entry and its buffer's allocation.
+pub const PIECE_OVERHEAD: usize = 96;
+
 #[derive(Debug)]
 pub struct Reassembler {
     /// Sequence number of stream offset 0.
@@ -135,6 +138,13 @@ impl Reassembler {
     /// Bytes held out of order.
     pub fn buffered(&self) -> usize {
         self.ooo_bytes
+    }
+
+    /// Memory held out of order: the bytes plus [`PIECE_OVERHEAD`] per piece. What the
+    /// total budget (`--max-ooo-total`) counts, so that a flood of one-byte segments cannot
+    /// hold a hundred times more memory than its bytes.
+    pub fn footprint(&self) -> usize {
+        self.ooo_bytes + self.ooo.len() * PIECE_OVERHEAD
     }
 
     /// Feeds one segment: `payload` at `seq`, followed by `missing` bytes cut by the snaplen,

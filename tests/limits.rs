@@ -79,6 +79,58 @@ fn out_of_order_data_of_all_connections_together_is_capped() {
     assert_eq!(limits_hit, vec!["\"max_ooo_total\"".to_string()]);
 }
 
+#[test]
+fn a_flood_of_tiny_out_of_order_segments_counts_their_bookkeeping_against_the_total() {
+    // 20 connections × 200 one-byte segments beyond a hole: 4,000 bytes of data, far under
+    // the 64 KiB total, but each held piece costs a map entry and an allocation too.
+    let limits = Limits {
+        max_ooo_total: 64 * 1024,
+        ..Limits::default()
+    };
+    let mut table = FlowTable::new(Arc::new(limits), Arc::new(Vec::new()), 1);
+    let mut out: Vec<(OrderKey, Record)> = Vec::new();
+    let mut frame = 0;
+    for conn in 0..20u16 {
+        let client = format!("10.0.0.1:{}", 41000 + conn);
+        let server = "10.0.0.2:8080";
+        let mut step = |s: Segment<'_>, out: &mut Vec<(OrderKey, Record)>| {
+            frame += 1;
+            let mut ctx = Ctx {
+                ts: Ts(frame as i64),
+                frame,
+                key_frame: frame,
+                out,
+            };
+            table.segment(&s, &mut ctx);
+        };
+        step(seg(&client, server, 100, 0, Flags::SYN, b""), &mut out);
+        step(
+            seg(server, &client, 500, 101, Flags::SYN | Flags::ACK, b""),
+            &mut out,
+        );
+        // Every other byte: no two pieces touch, none fills the hole at 501.
+        for i in 0..200u32 {
+            step(
+                seg(server, &client, 503 + 2 * i, 101, Flags::ACK, b"x"),
+                &mut out,
+            );
+        }
+    }
+    let limits_hit: Vec<String> = out
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Record::Finding(f) if f.kind.name() == "limit_reached" => {
+                f.evidence.get("limit").map(|v| v.to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        limits_hit.contains(&"\"max_ooo_total\"".to_string()),
+        "{limits_hit:?}"
+    );
+}
+
 /// A response gatescope stopped framing because of its own bound (120 headers: nginx takes
 /// them; a 5000-byte trailer) says so with `limit_reached`, and nothing more: the proxy closing
 /// the idle keep-alive connection 2 s later is not an abandoned response, since gatescope no
