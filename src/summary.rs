@@ -310,6 +310,11 @@ impl Summary {
                 self.flow.ooo_overflows
             ));
         }
+        if let Some(&n) = self.findings.get(&Kind::LimitReached) {
+            v.push(format!(
+                "gatescope's own bounds were reached {n} time(s) (limit_reached findings name the flag): what they cut short got no verdict; raise the flag if the traffic is legitimate"
+            ));
+        }
         v
     }
 

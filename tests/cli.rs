@@ -284,3 +284,12 @@ fn the_table_keeps_a_late_error_when_there_are_more_connections_than_it_shows() 
         "{text}"
     );
 }
+
+#[test]
+fn a_bound_reached_is_named_in_the_summary_notes() {
+    let demo = repo().join("captures/demo.pcap");
+    let (_, recs, _) = analyze_json(&[&demo], &["--max-headers", "0"]);
+    let summary = of_type(&recs, "summary");
+    let notes = summary[0]["notes"].to_string();
+    assert!(notes.contains("limit_reached"), "{notes}");
+}
