@@ -1066,6 +1066,7 @@ impl FlowTable {
 ///
 /// `from_ack`: `upto` is the peer's acknowledgement, which for a direction the capture never
 /// carried may also cover its FIN.
+#[inline]
 fn sent_upto(
     dir: &mut Dir,
     session: &mut Session,

@@ -256,6 +256,8 @@ pub struct Session {
     requests_lost: bool,
     slow_first_byte_us: u64,
     max_pending: usize,
+    /// Some pending exchange has a slow wait to write ([`Exch::slow_due`]).
+    slow_due: bool,
     pending_limit_hit: bool,
     /// gatescope stopped framing the response stream because of one of its own limits
     /// (`limit_reached`): from there on it does not know where responses start or end, so it
@@ -309,6 +311,7 @@ impl Session {
             requests_lost: false,
             slow_first_byte_us: limits.slow_first_byte_us,
             max_pending: limits.max_pending,
+            slow_due: false,
             pending_limit_hit: false,
             resp_unframed: false,
             req_unframed: false,
@@ -1233,6 +1236,7 @@ impl Session {
                 if now.micros_since(req_end) > slow_us {
                     e.slow_reported = true;
                     e.slow_due = true;
+                    self.slow_due = true;
                 }
             }
         }
@@ -1241,6 +1245,11 @@ impl Session {
     /// Writes the slow waits a tick found (see [`Exch::slow_due`]). Called at the start of
     /// every event of this connection, and after a server-side gap has been attributed.
     fn flush_slow(&mut self, ctx: &mut Ctx<'_>) {
+        // Called at every event: nearly always nothing is due, and the pending exchanges
+        // need not be looked at.
+        if !std::mem::take(&mut self.slow_due) {
+            return;
+        }
         for i in 0..self.pending.len() {
             let e = &mut self.pending[i];
             if !std::mem::take(&mut e.slow_due) {
