@@ -121,6 +121,8 @@ pub struct FlowStats {
     pub ooo_overflows: u64,
     pub gap_bytes: u64,
     pub late_packets: u64,
+    /// Late packets that carried data or a SYN (not just the last ACK of a close).
+    pub late_data_packets: u64,
     pub peak_connections: u64,
 }
 
@@ -136,6 +138,7 @@ impl FlowStats {
         self.ooo_overflows += o.ooo_overflows;
         self.gap_bytes += o.gap_bytes;
         self.late_packets += o.late_packets;
+        self.late_data_packets += o.late_data_packets;
         self.peak_connections += o.peak_connections;
     }
 }
@@ -342,6 +345,10 @@ impl FlowTable {
                     self.conns.remove(&key);
                 } else {
                     self.stats.late_packets += 1;
+                    // The last ACK of a close is late by nature; data or a SYN-ACK is not.
+                    if !seg.payload.is_empty() || seg.flags.syn() {
+                        self.stats.late_data_packets += 1;
+                    }
                     return;
                 }
             }

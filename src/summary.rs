@@ -310,6 +310,12 @@ impl Summary {
                 self.flow.ooo_overflows
             ));
         }
+        if self.flow.late_data_packets > 0 {
+            v.push(format!(
+                "{} TCP packet(s) with data or a SYN came after their connection had ended (a RST or both FINs) and were not analysed: retransmissions after a reset, or a RST injected before the real answer (look for a SYN-ACK after a refused connection in Wireshark)",
+                self.flow.late_data_packets
+            ));
+        }
         if let Some(&n) = self.findings.get(&Kind::LimitReached) {
             v.push(format!(
                 "gatescope's own bounds were reached {n} time(s) (limit_reached findings name the flag): what they cut short got no verdict; raise the flag if the traffic is legitimate"
@@ -357,6 +363,7 @@ impl Summary {
                 "idle_expired_connections": self.flow.idle_expired,
                 "ooo_overflows": self.flow.ooo_overflows,
                 "late_packets": self.flow.late_packets,
+                "late_data_packets": self.flow.late_data_packets,
             },
             "backends": backends,
             "input_errors": self.input_errors,

@@ -293,3 +293,23 @@ fn a_bound_reached_is_named_in_the_summary_notes() {
     let notes = summary[0]["notes"].to_string();
     assert!(notes.contains("limit_reached"), "{notes}");
 }
+
+#[test]
+fn data_after_a_connection_ended_is_named_in_the_summary_notes() {
+    let mut c = gatescope::synth::Conversation::new(
+        "10.0.0.1:40200".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.handshake()
+        .client_send(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n");
+    // A reset ends the connection; the answer that follows is not analysed, and says so.
+    c.advance(1000).server_rst().advance(1000);
+    c.server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let (_d, path) = write_conversation(c);
+    let (_, recs, _) = analyze_json(&[&path], &[]);
+    let summary = of_type(&recs, "summary");
+    assert_eq!(summary[0]["tcp"]["late_data_packets"], 1);
+    let notes = summary[0]["notes"].to_string();
+    assert!(notes.contains("1 TCP packet(s) with data"), "{notes}");
+}
