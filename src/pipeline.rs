@@ -228,7 +228,12 @@ fn classify<'a>(
         Decoded::Tcp(seg) => {
             read.tcp_packets += 1;
             if seg.missing > 0 {
-                read.snaplen_cut_frames += 1;
+                // Cut by the snaplen only if the capture kept less than the frame.
+                if orig_len as usize > data.len() {
+                    read.snaplen_cut_frames += 1;
+                } else {
+                    read.short_ip_frames += 1;
+                }
             }
             Some(seg)
         }

@@ -116,6 +116,9 @@ pub struct ReadStats {
     pub malformed_packets: u64,
     /// Frames cut by the snaplen (their missing payload became capture gaps).
     pub snaplen_cut_frames: u64,
+    /// Whole frames (not cut by the snaplen) shorter than their IP header declares: the
+    /// packet itself was short; its missing payload became capture gaps too.
+    pub short_ip_frames: u64,
     /// IP fragments of TCP packets: not reassembled, their bytes became capture gaps.
     pub tcp_fragments: u64,
     /// libpcap statistics in live mode.
@@ -180,6 +183,7 @@ impl ReadStats {
         self.non_tcp_packets += o.non_tcp_packets;
         self.malformed_packets += o.malformed_packets;
         self.snaplen_cut_frames += o.snaplen_cut_frames;
+        self.short_ip_frames += o.short_ip_frames;
         self.tcp_fragments += o.tcp_fragments;
     }
 }
@@ -290,6 +294,12 @@ impl Summary {
             v.push(format!(
                 "{} frame(s) were cut by the snaplen; capture with -s 0 to see whole packets",
                 self.read.snaplen_cut_frames
+            ));
+        }
+        if self.read.short_ip_frames > 0 {
+            v.push(format!(
+                "{} frame(s) were shorter than their IP header declares although the capture kept all of their bytes (malformed or truncated packets, not the snaplen); the bytes they lack are capture gaps",
+                self.read.short_ip_frames
             ));
         }
         if self.read.tcp_fragments > 0 {

@@ -313,3 +313,21 @@ fn data_after_a_connection_ended_is_named_in_the_summary_notes() {
     let notes = summary[0]["notes"].to_string();
     assert!(notes.contains("1 TCP packet(s) with data"), "{notes}");
 }
+
+#[test]
+fn a_whole_frame_shorter_than_its_ip_length_is_not_blamed_on_the_snaplen() {
+    let mut packets = simple_conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    // The response (the 5th packet) declares 100 more bytes than it carries; the capture
+    // kept the whole frame (caplen == len), so this is not a snaplen cut.
+    let (_, resp) = &mut packets[4];
+    let total = u16::from_be_bytes([resp[2], resp[3]]) + 100;
+    resp[2..4].copy_from_slice(&total.to_be_bytes());
+    let pcap = pcap_bytes(101, &packets);
+    let (_d, p) = write_tmp("short.pcap", &pcap);
+    let (_, recs, _) = analyze_json(&[&p], &[]);
+    let summary = &of_type(&recs, "summary")[0];
+    assert_eq!(summary["read"]["short_ip_frames"], 1);
+    assert_eq!(summary["read"]["snaplen_cut_frames"], 0);
+    let notes = summary["notes"].to_string();
+    assert!(notes.contains("not the snaplen"), "{notes}");
+}
