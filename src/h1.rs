@@ -779,7 +779,9 @@ impl Parser {
                 let text = String::from_utf8_lossy(value);
                 let trimmed = text.trim();
                 let parsed = if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
-                    trimmed.parse::<u64>().ok()
+                    // Gateways hold lengths in a signed 64-bit off_t (nginx's ngx_atoof fails
+                    // past it): a larger value is as invalid to them as a non-number.
+                    trimmed.parse::<u64>().ok().filter(|&v| v <= MAX_LENGTH)
                 } else {
                     None
                 };
@@ -1023,8 +1025,11 @@ pub fn response_framing(head: &Head, request_method: Option<&str>) -> Framing {
     }
 }
 
-/// `1a;ext=v\r\n` → 26. None if the size is not hex or overflows u64 (HAProxy and nginx both
-/// reject sizes that do not fit).
+/// The largest body or chunk length a gateway accepts: a signed 64-bit off_t's maximum.
+const MAX_LENGTH: u64 = i64::MAX as u64;
+
+/// `1a;ext=v\r\n` → 26. None if the size is not hex or exceeds [`MAX_LENGTH`] (HAProxy and
+/// nginx both reject sizes that do not fit).
 fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -1045,7 +1050,7 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
         let d = (b as char).to_digit(16)?;
         v = v.checked_mul(16)?.checked_add(u64::from(d))?;
     }
-    Some(v)
+    (v <= MAX_LENGTH).then_some(v)
 }
 
 /// Headers whose values are credentials: never shown unless `--show-secrets`.
@@ -1309,8 +1314,13 @@ mod test {
     }
 
     #[test]
-    fn chunk_size_overflowing_u64_is_invalid() {
-        assert_eq!(parse_chunk_size(b"ffffffffffffffff\r\n"), Some(u64::MAX));
+    fn chunk_size_past_a_signed_64_bit_length_is_invalid() {
+        assert_eq!(
+            parse_chunk_size(b"7fffffffffffffff\r\n"),
+            Some(i64::MAX as u64)
+        );
+        assert_eq!(parse_chunk_size(b"8000000000000000\r\n"), None);
+        assert_eq!(parse_chunk_size(b"ffffffffffffffff\r\n"), None);
         assert_eq!(parse_chunk_size(b"10000000000000000\r\n"), None);
         assert_eq!(parse_chunk_size(b"8 \r\n"), Some(8));
         assert_eq!(parse_chunk_size(b"a;name=value\r\n"), Some(10));
@@ -1501,6 +1511,14 @@ mod test {
         let t = trace(
             Role::Response,
             b"HTTP/1.1 200 OK\r\nContent-Length: 12abc\r\n\r\n",
+            1000,
+            None,
+        );
+        assert!(t.contains("InvalidContentLength"), "{t}");
+        // Past what a signed 64-bit length holds: invalid to the gateway, not a long body.
+        let t = trace(
+            Role::Response,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9223372036854775808\r\n\r\n",
             1000,
             None,
         );

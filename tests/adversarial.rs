@@ -303,9 +303,9 @@ fn tiny_chunks_hold_nothing() {
 #[test]
 fn huge_chunk_sizes_are_framed_or_rejected() {
     let run = attack(Attack::HugeChunk, 100_000, small(), 10);
-    // ffffffffffffffff is a valid size: the backend's FIN cuts the body short.
+    // 7fffffffffffffff is the largest valid size: the backend's FIN cuts the body short.
     assert_eq!(count(&run, "truncated_body"), 1);
-    // 10000000000000000 does not fit 64 bits.
+    // 8000000000000000 does not fit a gateway's signed 64-bit length.
     assert_eq!(count(&run, "invalid_chunk"), 1);
     assert_eq!(run.exchanges, 2);
 }

@@ -34,11 +34,13 @@ pub enum Attack {
     EndlessHead,
     /// A chunked body of `count` one-byte chunks, never a last chunk.
     TinyChunks,
-    /// Two responses, chunk size `ffffffffffffffff` (u64::MAX: valid) and `10000000000000000`
-    /// (2^64: overflows), each followed by `count` bytes and the backend's FIN.
+    /// Two responses, chunk size `7fffffffffffffff` (2^63−1, the largest a gateway's signed
+    /// 64-bit length holds: valid) and `8000000000000000` (2^63: too large), each followed by
+    /// `count` bytes and the backend's FIN.
     HugeChunk,
-    /// Two responses, Content-Length 18446744073709551615 (valid) and 18446744073709551616
-    /// (overflows), each followed by `count` bytes of body and the backend's FIN.
+    /// Two responses, Content-Length 9223372036854775807 (2^63−1: valid) and
+    /// 9223372036854775808 (too large), each followed by `count` bytes of body and the
+    /// backend's FIN.
     HugeContentLength,
     /// `count` pipelined requests on one connection, none answered.
     ManyPending,
@@ -101,9 +103,9 @@ impl Attack {
             }
             Attack::EndlessHead => "head_too_large, then limit_reached head_buffer_cap",
             Attack::TinyChunks => "nothing held: the body is counted, not kept",
-            Attack::HugeChunk => "truncated_body for the u64::MAX chunk, invalid_chunk for 2^64",
+            Attack::HugeChunk => "truncated_body for the 2^63-1 chunk, invalid_chunk for 2^63",
             Attack::HugeContentLength => {
-                "truncated_body for u64::MAX, invalid_content_length for 2^64"
+                "truncated_body for 2^63-1, invalid_content_length for 2^63"
             }
             Attack::ManyPending => "limit_reached max_pending once",
             Attack::IsnChurn => "one connection tracked at a time; nothing grows with the count",
@@ -130,15 +132,15 @@ where
         Attack::TinyChunks => tiny_chunks(&mut w, count)?,
         Attack::HugeChunk => {
             let heads: [&[u8]; 2] = [
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7fffffffffffffff\r\n",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8000000000000000\r\n",
             ];
             huge(&mut w, &heads, count)?
         }
         Attack::HugeContentLength => {
             let heads: [&[u8]; 2] = [
-                b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n",
-                b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551616\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 9223372036854775807\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 9223372036854775808\r\n\r\n",
             ];
             huge(&mut w, &heads, count)?
         }
