@@ -205,6 +205,8 @@ pub struct Summary {
     /// Hashed with FxHash, like the flow table: looked up once per record written, and the
     /// keys are bounded ([`MAX_BACKENDS`]).
     pub backends: IndexMap<SocketAddr, BackendStats, FxBuildHasher>,
+    /// Connections whose last packet is timestamped before their first.
+    pub time_backwards: u64,
     /// Problems with the input (unreadable file, truncated record...), one line each.
     pub input_errors: Vec<String>,
     /// Lines worth a user's attention about the run itself (drops, limits).
@@ -263,6 +265,9 @@ impl Summary {
                 self.backend(server).connections += 1;
                 self.first_ts = Some(self.first_ts.map_or(start, |t| t.min(start)));
                 self.last_ts = Some(self.last_ts.map_or(end, |t| t.max(end)));
+                if end < start {
+                    self.time_backwards += 1;
+                }
             }
         }
     }
@@ -318,6 +323,12 @@ impl Summary {
             v.push(format!(
                 "the out-of-order buffer overflowed {} time(s) (--max-ooo-bytes); holes were treated as capture gaps",
                 self.flow.ooo_overflows
+            ));
+        }
+        if self.time_backwards > 0 {
+            v.push(format!(
+                "{} connection(s) end before they start: packet timestamps run backwards in this capture (files merged out of order, or the clock stepped back); times and durations on them are wrong — sort the capture first (reordercap IN OUT)",
+                self.time_backwards
             ));
         }
         if self.flow.late_data_packets > 0 {

@@ -331,3 +331,18 @@ fn a_whole_frame_shorter_than_its_ip_length_is_not_blamed_on_the_snaplen() {
     let notes = summary["notes"].to_string();
     assert!(notes.contains("not the snaplen"), "{notes}");
 }
+
+#[test]
+fn timestamps_running_backwards_are_named_in_the_summary_notes() {
+    // The same conversation, its packets stamped in decreasing time (a bad merge).
+    let packets: Vec<(i64, Vec<u8>)> =
+        simple_conversation(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .into_iter()
+            .map(|(t, p)| (1_700_000_000_000_000 - t, p))
+            .collect();
+    let pcap = pcap_bytes(101, &packets);
+    let (_d, p) = write_tmp("backwards.pcap", &pcap);
+    let (_, recs, _) = analyze_json(&[&p], &[]);
+    let notes = of_type(&recs, "summary")[0]["notes"].to_string();
+    assert!(notes.contains("timestamps run backwards"), "{notes}");
+}
