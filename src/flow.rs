@@ -1066,6 +1066,11 @@ impl FlowTable {
     }
 }
 
+/// How far past the delivered bytes a RST's sequence number may point and still count as
+/// proof of bytes sent: more than any real send window (tens of MB at most), far less than
+/// the 2 GiB a random number would reach half the time.
+const MAX_RST_LEAD: i64 = 64 << 20;
+
 /// Everything before sequence number `upto` of `dir`'s stream was sent (an ACK of it, or the
 /// sequence number of its sender's RST): bytes before it that the capture never carried are
 /// delivered to the session as a capture gap, so the parser does not wait for them and no
@@ -1086,6 +1091,11 @@ fn sent_upto(
     let Some(r) = dir.reasm.as_mut() else {
         return;
     };
+    if !from_ack && r.offset_of(upto) - r.next_offset() as i64 > MAX_RST_LEAD {
+        // A RST's sequence number further ahead than any send window: not this stream's
+        // (a middlebox's reset with a made-up number). No gap is invented from it.
+        return;
+    }
     let mut sink = SideSink {
         session,
         side,

@@ -272,3 +272,23 @@ fn a_proxy_reset_past_request_bytes_the_capture_missed_is_a_capture_gap() {
     assert_eq!(finding_set(&recs), vec![("capture_gap".to_string(), 0)]);
     assert_eq!(code, 0);
 }
+
+/// A reset whose sequence number lies far beyond any send window (a middlebox's made-up
+/// number) proves nothing about bytes sent: the body it cuts is truncated, no gap invented.
+#[test]
+fn a_reset_with_a_sequence_number_far_ahead_invents_no_gap() {
+    let mut c = Conversation::new(
+        "10.0.0.1:40020".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.handshake().client_send(REQ);
+    let (shown, _) = RESP.split_at(RESP.len() - 3);
+    c.advance(500).server_send(shown).ack(true);
+    // 1 GiB "skipped": the reset carries a number no real window reaches.
+    c.advance(500).skip(false, 1 << 30).server_rst();
+    let (_d, path) = write(c);
+    let (code, recs, _) = analyze_json(&[&path], &[]);
+    assert_eq!(finding_set(&recs), vec![("truncated_body".to_string(), 1)]);
+    assert_eq!(code, 1);
+}
