@@ -115,6 +115,9 @@ pub struct Common {
     /// Limit: out-of-order bytes held by all connections together.
     #[arg(long, default_value_t = Limits::default().max_ooo_total)]
     pub max_ooo_total: usize,
+    /// Limit: bytes of heads still being collected, all connections together.
+    #[arg(long, default_value_t = Limits::default().max_head_total)]
+    pub max_head_total: usize,
     /// Limit: headers per message.
     #[arg(long, default_value_t = Limits::default().max_headers)]
     pub max_headers: usize,
@@ -170,6 +173,7 @@ impl Common {
             max_ooo_bytes: self.max_ooo_bytes,
             max_ooo_segments: self.max_ooo_segments,
             max_ooo_total: self.max_ooo_total,
+            max_head_total: self.max_head_total,
             max_head_bytes: self.max_head_bytes,
             head_buffer_cap: self.head_buffer_cap.max(self.max_head_bytes),
             max_headers: self.max_headers,

@@ -190,6 +190,8 @@ struct Conn {
     refused: bool,
     /// Any payload seen from the server.
     server_spoke: bool,
+    /// What this connection's heads in progress count in the table's [`HeadBudget`].
+    heads_held: usize,
 }
 
 #[derive(Debug)]
@@ -245,6 +247,39 @@ pub struct FlowTable {
     pub stats: FlowStats,
     max_connections: usize,
     ooo: OooBudget,
+    heads: HeadBudget,
+}
+
+/// Bytes of heads still being collected by all of a table's connections, against
+/// `max_head_total`: without it, every open connection could hold two stalled heads of
+/// `head_buffer_cap` (13 GB at the defaults).
+#[derive(Debug, Default)]
+struct HeadBudget {
+    held: usize,
+    cap: usize,
+}
+
+impl HeadBudget {
+    /// Takes the connection's heads in progress into the total after a segment; if the
+    /// total is over the cap, the connection gives its heads up.
+    #[inline]
+    fn account(&mut self, c: &mut Conn, ctx: &mut Ctx<'_>) {
+        let Some(session) = c.session.as_mut() else {
+            return;
+        };
+        let now = session.heads_in_progress();
+        if now == c.heads_held {
+            return;
+        }
+        self.held = self.held - c.heads_held.min(self.held) + now;
+        c.heads_held = now;
+        if self.held > self.cap && now > 0 {
+            session.shed_heads(self.cap, ctx);
+            let left = session.heads_in_progress();
+            self.held = self.held - now.min(self.held) + left;
+            c.heads_held = left;
+        }
+    }
 }
 
 /// Out-of-order bytes held by all of a table's connections, against `max_ooo_total`.
@@ -262,6 +297,10 @@ impl FlowTable {
             held: 0,
             cap: (limits.max_ooo_total / share.max(1)).max(limits.max_ooo_bytes),
         };
+        let heads = HeadBudget {
+            held: 0,
+            cap: (limits.max_head_total / share.max(1)).max(limits.head_buffer_cap),
+        };
         FlowTable {
             conns: FxHashMap::default(),
             deadlines: BinaryHeap::new(),
@@ -270,6 +309,7 @@ impl FlowTable {
             stats: FlowStats::default(),
             max_connections,
             ooo,
+            heads,
         }
     }
 
@@ -324,6 +364,7 @@ impl FlowTable {
                     &mut self.ooo,
                     ctx,
                 );
+                self.heads.account(c, ctx);
                 if done {
                     self.close(key, ctx);
                 }
@@ -384,6 +425,7 @@ impl FlowTable {
                 rst_by: None,
                 refused: false,
                 server_spoke: false,
+                heads_held: 0,
             };
             self.stats.connections += 1;
             let entry = Entry::Live(Box::new(conn));
@@ -405,6 +447,7 @@ impl FlowTable {
             &mut self.ooo,
             ctx,
         );
+        self.heads.account(c, ctx);
         if done {
             self.close(key, ctx);
         }
@@ -701,6 +744,7 @@ impl FlowTable {
 
     /// Ends a connection: flushes both streams, reports what is still open, writes its record.
     fn finish(&mut self, mut c: Conn, reason: Option<Close>, ctx: &mut Ctx<'_>) {
+        self.heads.held = self.heads.held.saturating_sub(c.heads_held);
         let now = c.last.max(ctx.ts);
         if c.client.is_none() {
             c.client = Some(guess_client(&c, 0, &[], &self.backends));

@@ -349,6 +349,31 @@ impl Parser {
         self.pending_end = false;
     }
 
+    /// Bytes of a head still being collected: what a head that never ends holds.
+    pub fn head_in_progress(&self) -> usize {
+        match self.state {
+            State::Head | State::AwaitHeadParse => self.buf.len(),
+            _ => 0,
+        }
+    }
+
+    /// Gives up the head being collected because all connections' heads together are over
+    /// `limit`: its buffer is freed and the stream is not framed further (like a head over
+    /// `head_buffer_cap`). None if no head is being collected.
+    pub fn shed_head(&mut self, limit: usize) -> Option<Violation> {
+        if self.head_in_progress() == 0 {
+            return None;
+        }
+        self.buf = Vec::new();
+        self.state = State::Broken;
+        self.bad_start = false;
+        self.pending_end = false;
+        Some(Violation::Limit {
+            which: "max_head_total",
+            limit,
+        })
+    }
+
     pub fn is_idle(&self) -> bool {
         matches!(self.state, State::Idle)
     }

@@ -19,6 +19,9 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// Hard cap on bytes buffered for one head, whatever `max_head_bytes` says.
     pub head_buffer_cap: usize,
+    /// Bytes of heads still being collected, all connections together; beyond it, the
+    /// connection that pushes the total over gives its heads up (`limit_reached`).
+    pub max_head_total: usize,
     /// Headers per message.
     pub max_headers: usize,
     /// Trailer bytes after the last chunk.
@@ -44,6 +47,7 @@ impl Default for Limits {
             max_ooo_total: 64 << 20,
             max_head_bytes: 4096,
             head_buffer_cap: 64 * 1024,
+            max_head_total: 64 << 20,
             max_headers: 100,
             max_trailer_bytes: 4096,
             max_chunk_line: 4096,

@@ -339,6 +339,22 @@ impl Session {
 
     // ---------------------------------------------------------------- client side
 
+    /// Bytes held by heads still being collected, in both directions.
+    pub fn heads_in_progress(&self) -> usize {
+        self.req.head_in_progress() + self.resp.head_in_progress()
+    }
+
+    /// All connections' heads together hold more than `limit`: this connection gives its
+    /// up, and says so (`limit_reached max_head_total`); its streams are not framed further.
+    pub fn shed_heads(&mut self, limit: usize, ctx: &mut Ctx<'_>) {
+        if let Some(v) = self.req.shed_head(limit) {
+            self.request_violation(&v, ctx);
+        }
+        if let Some(v) = self.resp.shed_head(limit) {
+            self.response_violation(&v, true, ctx);
+        }
+    }
+
     pub fn client_data(&mut self, data: &[u8], ctx: &mut Ctx<'_>) {
         self.flush_slow(ctx);
         self.flush_excess(ctx);

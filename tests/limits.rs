@@ -131,6 +131,69 @@ fn a_flood_of_tiny_out_of_order_segments_counts_their_bookkeeping_against_the_to
     );
 }
 
+#[test]
+fn heads_that_never_end_are_held_to_a_total_across_connections() {
+    // Ten backends each send 3,000 bytes of a response head with no end: under the
+    // per-head cap, but 30,000 bytes together against a 16 KiB total.
+    let limits = Limits {
+        head_buffer_cap: 4096,
+        max_head_total: 16 * 1024,
+        ..Limits::default()
+    };
+    let mut table = FlowTable::new(Arc::new(limits), Arc::new(Vec::new()), 1);
+    let mut out: Vec<(OrderKey, Record)> = Vec::new();
+    let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+    head.resize(3000, b'x');
+    let mut frame = 0;
+    for conn in 0..10u16 {
+        let client = format!("10.0.0.1:{}", 42000 + conn);
+        let server = "10.0.0.2:8080";
+        let mut step = |s: Segment<'_>, out: &mut Vec<(OrderKey, Record)>| {
+            frame += 1;
+            let mut ctx = Ctx {
+                ts: Ts(frame as i64),
+                frame,
+                key_frame: frame,
+                out,
+            };
+            table.segment(&s, &mut ctx);
+        };
+        let req = b"GET / HTTP/1.1\r\nHost: b\r\n\r\n";
+        step(seg(&client, server, 100, 0, Flags::SYN, b""), &mut out);
+        step(
+            seg(server, &client, 500, 101, Flags::SYN | Flags::ACK, b""),
+            &mut out,
+        );
+        step(seg(&client, server, 101, 501, Flags::ACK, req), &mut out);
+        step(
+            seg(
+                server,
+                &client,
+                501,
+                101 + req.len() as u32,
+                Flags::ACK,
+                &head,
+            ),
+            &mut out,
+        );
+    }
+    let limits_hit: Vec<String> = out
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Record::Finding(f) if f.kind.name() == "limit_reached" => {
+                f.evidence.get("limit").map(|v| v.to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    // The connections that pushed the total over gave their heads up, and said so.
+    assert!(!limits_hit.is_empty(), "no limit_reached");
+    assert!(
+        limits_hit.iter().all(|l| l == "\"max_head_total\""),
+        "{limits_hit:?}"
+    );
+}
+
 /// A response gatescope stopped framing because of its own bound (120 headers: nginx takes
 /// them; a 5000-byte trailer) says so with `limit_reached`, and nothing more: the proxy closing
 /// the idle keep-alive connection 2 s later is not an abandoned response, since gatescope no
