@@ -25,6 +25,35 @@ fn seg<'a>(src: &str, dst: &str, seq: u32, ack: u32, flags: u8, payload: &'a [u8
     }
 }
 
+/// Feeds one segment to `table` as the next frame (packet time = frame number).
+fn feed(
+    table: &mut FlowTable,
+    frame: &mut u64,
+    s: &Segment<'_>,
+    out: &mut Vec<(OrderKey, Record)>,
+) {
+    *frame += 1;
+    let mut ctx = Ctx {
+        ts: Ts(*frame as i64),
+        frame: *frame,
+        key_frame: *frame,
+        out,
+    };
+    table.segment(s, &mut ctx);
+}
+
+/// The `limit` named by each `limit_reached` finding written, as JSON text.
+fn limits_hit(out: &[(OrderKey, Record)]) -> Vec<String> {
+    out.iter()
+        .filter_map(|(_, r)| match r {
+            Record::Finding(f) if f.kind.name() == "limit_reached" => {
+                f.evidence.get("limit").map(|v| v.to_string())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn out_of_order_data_of_all_connections_together_is_capped() {
     let limits = Limits {
@@ -40,14 +69,7 @@ fn out_of_order_data_of_all_connections_together_is_capped() {
         let client = format!("10.0.0.1:{}", 40000 + conn);
         let server = "10.0.0.2:8080";
         let mut step = |s: Segment<'_>, out: &mut Vec<(OrderKey, Record)>| {
-            frame += 1;
-            let mut ctx = Ctx {
-                ts: Ts(frame as i64),
-                frame,
-                key_frame: frame,
-                out,
-            };
-            table.segment(&s, &mut ctx);
+            feed(&mut table, &mut frame, &s, out)
         };
         step(seg(&client, server, 100, 0, Flags::SYN, b""), &mut out);
         step(
@@ -67,15 +89,7 @@ fn out_of_order_data_of_all_connections_together_is_capped() {
         "held {}",
         table.buffered_bytes()
     );
-    let limits_hit: Vec<String> = out
-        .iter()
-        .filter_map(|(_, r)| match r {
-            Record::Finding(f) if f.kind.name() == "limit_reached" => {
-                f.evidence.get("limit").map(|v| v.to_string())
-            }
-            _ => None,
-        })
-        .collect();
+    let limits_hit = limits_hit(&out);
     assert_eq!(limits_hit, vec!["\"max_ooo_total\"".to_string()]);
 }
 
@@ -94,14 +108,7 @@ fn a_flood_of_tiny_out_of_order_segments_counts_their_bookkeeping_against_the_to
         let client = format!("10.0.0.1:{}", 41000 + conn);
         let server = "10.0.0.2:8080";
         let mut step = |s: Segment<'_>, out: &mut Vec<(OrderKey, Record)>| {
-            frame += 1;
-            let mut ctx = Ctx {
-                ts: Ts(frame as i64),
-                frame,
-                key_frame: frame,
-                out,
-            };
-            table.segment(&s, &mut ctx);
+            feed(&mut table, &mut frame, &s, out)
         };
         step(seg(&client, server, 100, 0, Flags::SYN, b""), &mut out);
         step(
@@ -116,15 +123,7 @@ fn a_flood_of_tiny_out_of_order_segments_counts_their_bookkeeping_against_the_to
             );
         }
     }
-    let limits_hit: Vec<String> = out
-        .iter()
-        .filter_map(|(_, r)| match r {
-            Record::Finding(f) if f.kind.name() == "limit_reached" => {
-                f.evidence.get("limit").map(|v| v.to_string())
-            }
-            _ => None,
-        })
-        .collect();
+    let limits_hit = limits_hit(&out);
     assert!(
         limits_hit.contains(&"\"max_ooo_total\"".to_string()),
         "{limits_hit:?}"
@@ -149,14 +148,7 @@ fn heads_that_never_end_are_held_to_a_total_across_connections() {
         let client = format!("10.0.0.1:{}", 42000 + conn);
         let server = "10.0.0.2:8080";
         let mut step = |s: Segment<'_>, out: &mut Vec<(OrderKey, Record)>| {
-            frame += 1;
-            let mut ctx = Ctx {
-                ts: Ts(frame as i64),
-                frame,
-                key_frame: frame,
-                out,
-            };
-            table.segment(&s, &mut ctx);
+            feed(&mut table, &mut frame, &s, out)
         };
         let req = b"GET / HTTP/1.1\r\nHost: b\r\n\r\n";
         step(seg(&client, server, 100, 0, Flags::SYN, b""), &mut out);
@@ -177,15 +169,7 @@ fn heads_that_never_end_are_held_to_a_total_across_connections() {
             &mut out,
         );
     }
-    let limits_hit: Vec<String> = out
-        .iter()
-        .filter_map(|(_, r)| match r {
-            Record::Finding(f) if f.kind.name() == "limit_reached" => {
-                f.evidence.get("limit").map(|v| v.to_string())
-            }
-            _ => None,
-        })
-        .collect();
+    let limits_hit = limits_hit(&out);
     // The connections that pushed the total over gave their heads up, and said so.
     assert!(!limits_hit.is_empty(), "no limit_reached");
     assert!(
