@@ -19,6 +19,9 @@ use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
+/// Bytes of a status line quoted in evidence.
+const STATUS_EVIDENCE_BYTES: usize = 120;
+
 /// Where records go, and the packet that caused them.
 pub struct Ctx<'a> {
     pub ts: Ts,
@@ -258,6 +261,9 @@ pub struct Session {
     max_pending: usize,
     /// Some pending exchange has a slow wait to write ([`Exch::slow_due`]).
     slow_due: bool,
+    /// The proxy opened the connection in this protocol (TLS, HTTP/2) and the backend has
+    /// not answered yet: its first bytes tell whether the two agree.
+    foreign_client: Option<&'static str>,
     pending_limit_hit: bool,
     /// gatescope stopped framing the response stream because of one of its own limits
     /// (`limit_reached`): from there on it does not know where responses start or end, so it
@@ -312,6 +318,7 @@ impl Session {
             slow_first_byte_us: limits.slow_first_byte_us,
             max_pending: limits.max_pending,
             slow_due: false,
+            foreign_client: None,
             pending_limit_hit: false,
             resp_unframed: false,
             req_unframed: false,
@@ -420,6 +427,7 @@ impl Session {
         if self.pending.is_empty() {
             self.resp.tunnel();
         }
+        self.foreign_client = Some(if protocol == "TLS" { "TLS" } else { "HTTP/2" });
         let what = if protocol == "TLS" {
             "a TLS handshake: this backend leg is encrypted"
         } else {
@@ -436,6 +444,34 @@ impl Session {
             None,
             msg,
             evidence(json!({"protocol": protocol, "side": "proxy", "first_bytes": first_bytes})),
+        );
+    }
+
+    /// The backend's first bytes on a connection the proxy opened in TLS or HTTP/2. A
+    /// cleartext HTTP/1.x answer (typically `400 Bad Request`) means the two disagree on the
+    /// protocol: the proxy expects TLS (`proxy_pass https://`) or HTTP/2 from a backend that
+    /// speaks plain HTTP/1.x — a classic 502 (nginx: SSL_do_handshake() failed, wrong
+    /// version number). Anything else is the leg working in a protocol gatescope cannot read.
+    fn foreign_client_answer(&mut self, protocol: &str, data: &[u8], ctx: &mut Ctx<'_>) {
+        if !data.starts_with(b"HTTP/1.") {
+            return;
+        }
+        let line_end = data
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')
+            .unwrap_or(data.len());
+        let status_line = escape(&data[..line_end.min(STATUS_EVIDENCE_BYTES)]);
+        let msg = format!(
+            "the proxy spoke {protocol} and the backend answered in cleartext HTTP/1.x ({status_line}): they disagree on the protocol (e.g. proxy_pass https:// to a plain-HTTP port); the proxy fails the handshake and answers 502"
+        );
+        self.em.finding(
+            ctx,
+            Kind::UnsupportedProtocol,
+            Severity::Error,
+            &ExRef::default(),
+            None,
+            msg,
+            evidence(json!({"protocol": protocol, "side": "backend", "answer": status_line})),
         );
     }
 
@@ -569,6 +605,9 @@ impl Session {
 
     pub fn server_data(&mut self, data: &[u8], ctx: &mut Ctx<'_>) {
         self.flush_slow(ctx);
+        if let Some(protocol) = self.foreign_client.take() {
+            self.foreign_client_answer(protocol, data, ctx);
+        }
         if self.client_closed.is_some() {
             self.server_spoke_after_client_fin = true;
         }

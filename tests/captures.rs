@@ -393,3 +393,25 @@ fn a_tls_or_http2_leg_is_named_as_such_not_reported_as_backend_errors() {
     let want = (0, vec![r#""unsupported_protocol" "warning""#.to_string()]);
     assert_eq!(got, [want.clone(), want]);
 }
+
+#[test]
+fn a_cleartext_answer_to_the_proxys_tls_handshake_is_a_protocol_mismatch() {
+    // proxy_pass https:// to a plain-HTTP backend: the ClientHello gets a 400 in cleartext.
+    let mut client_hello = vec![0x16, 0x03, 0x01, 0x00, 0xc4, 0x01, 0x00, 0x00, 0xc0];
+    client_hello.extend_from_slice(&[0; 183]);
+    let answer = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let (_d, path) = conversation(&client_hello, answer);
+    let (code, recs, _) = analyze_json(&[&path], &[]);
+    let findings: Vec<String> = of_type(&recs, "finding")
+        .iter()
+        .map(|f| format!("{} {}", f["kind"], f["severity"]))
+        .collect();
+    assert_eq!(
+        findings,
+        [
+            r#""unsupported_protocol" "warning""#,
+            r#""unsupported_protocol" "error""#
+        ]
+    );
+    assert_eq!(code, 1);
+}
