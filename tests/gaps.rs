@@ -18,16 +18,21 @@ fn write_packets(packets: &[(i64, Vec<u8>)]) -> (tempfile::TempDir, std::path::P
     (dir, path)
 }
 
+/// A proxy (10.0.0.1, from `port`) to backend (10.0.0.2:8080) conversation to script.
+fn conversation(port: u16) -> Conversation {
+    Conversation::new(
+        format!("10.0.0.1:{port}").parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    )
+}
+
 const REQ: &[u8] = b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n";
 const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
 
 #[test]
 fn a_response_to_a_request_lost_in_a_gap_is_not_unsolicited() {
-    let mut c = Conversation::new(
-        "10.0.0.1:40000".parse().expect("addr"),
-        "10.0.0.2:8080".parse().expect("addr"),
-        1_700_000_000_000_000,
-    );
+    let mut c = conversation(40000);
     c.handshake().client_send(REQ).server_send(RESP);
     // The second request never made it into the capture; the backend acknowledges it.
     c.advance(1000).skip(true, REQ.len() as u64).ack(false);
@@ -45,11 +50,7 @@ fn a_response_to_a_request_lost_in_a_gap_is_not_unsolicited() {
 
 #[test]
 fn a_proxy_fin_acknowledging_a_response_the_capture_missed_is_not_abandonment() {
-    let mut c = Conversation::new(
-        "10.0.0.1:40001".parse().expect("addr"),
-        "10.0.0.2:8080".parse().expect("addr"),
-        1_700_000_000_000_000,
-    );
+    let mut c = conversation(40001);
     c.handshake().client_send(REQ);
     // The whole response was dropped by the capture; the proxy got it and closes.
     c.advance(500).skip(false, RESP.len() as u64);
@@ -62,11 +63,7 @@ fn a_proxy_fin_acknowledging_a_response_the_capture_missed_is_not_abandonment() 
 
 #[test]
 fn a_response_lost_between_messages_does_not_shift_the_pairing() {
-    let mut c = Conversation::new(
-        "10.0.0.1:40002".parse().expect("addr"),
-        "10.0.0.2:8080".parse().expect("addr"),
-        1_700_000_000_000_000,
-    );
+    let mut c = conversation(40002);
     c.handshake().client_send(REQ).server_send(RESP);
     // The second response is missing from the capture (the proxy ACKs it); two more follow.
     c.advance(1000)
@@ -96,11 +93,7 @@ fn a_response_lost_between_messages_does_not_shift_the_pairing() {
 /// truncated response.
 #[test]
 fn a_fragmented_response_is_a_capture_gap_the_summary_explains() {
-    let mut c = Conversation::new(
-        "10.0.0.1:40002".parse().expect("addr"),
-        "10.0.0.2:8080".parse().expect("addr"),
-        1_700_000_000_000_000,
-    );
+    let mut c = conversation(40002);
     c.handshake().client_send(REQ).server_send(RESP);
     c.advance(500).client_fin().server_fin();
     let mut packets = Vec::new();
@@ -136,11 +129,7 @@ fn one_direction(conv: Conversation, ip: [u8; 4]) -> Vec<(i64, Vec<u8>)> {
 
 #[test]
 fn a_capture_of_the_client_side_only_is_a_capture_gap_not_unanswered_syns() {
-    let mut c = Conversation::new(
-        "10.0.0.1:40002".parse().expect("addr"),
-        "10.0.0.2:8080".parse().expect("addr"),
-        1_700_000_000_000_000,
-    );
+    let mut c = conversation(40002);
     c.handshake().client_send(REQ).server_send(RESP);
     c.advance(2_000_000).client_send(REQ).server_send(RESP);
     c.advance(1000).server_fin().client_fin();
@@ -158,11 +147,7 @@ fn a_capture_of_the_client_side_only_is_a_capture_gap_not_unanswered_syns() {
 
 #[test]
 fn a_capture_of_the_server_side_only_is_a_capture_gap_not_unsolicited_responses() {
-    let mut c = Conversation::new(
-        "10.0.0.1:40003".parse().expect("addr"),
-        "10.0.0.2:8080".parse().expect("addr"),
-        1_700_000_000_000_000,
-    );
+    let mut c = conversation(40003);
     c.handshake().client_send(REQ).server_send(RESP);
     c.advance(1000).client_fin().server_fin();
     let (_d, path) = write_packets(&one_direction(c, [10, 0, 0, 2]));
@@ -178,11 +163,7 @@ fn a_capture_of_the_server_side_only_is_a_capture_gap_not_unsolicited_responses(
 /// it came is unknown. The finding stays, touched by the gap: low confidence.
 #[test]
 fn a_slow_first_byte_whose_response_start_is_in_a_gap_is_low_confidence() {
-    let mut c = Conversation::new(
-        "10.0.0.1:40010".parse().expect("addr"),
-        "10.0.0.2:8080".parse().expect("addr"),
-        1_700_000_000_000_000,
-    );
+    let mut c = conversation(40010);
     c.handshake().client_send(REQ);
     c.advance(5_000_000)
         .skip(false, RESP.len() as u64)
@@ -205,11 +186,7 @@ fn a_slow_first_byte_whose_response_start_is_in_a_gap_is_low_confidence() {
 /// backend cut off.
 #[test]
 fn a_backend_reset_past_response_bytes_the_capture_missed_is_a_capture_gap_not_truncation() {
-    let mut c = Conversation::new(
-        "10.0.0.1:40004".parse().expect("addr"),
-        "10.0.0.2:8080".parse().expect("addr"),
-        1_700_000_000_000_000,
-    );
+    let mut c = conversation(40004);
     c.handshake().client_send(REQ);
     // The response's last bytes are missing from the capture; the backend then resets.
     let (shown, lost) = RESP.split_at(RESP.len() - 3);
@@ -225,11 +202,7 @@ fn a_backend_reset_past_response_bytes_the_capture_missed_is_a_capture_gap_not_t
 
 #[test]
 fn a_backend_reset_past_a_whole_response_the_capture_missed_is_not_a_reset_before_response() {
-    let mut c = Conversation::new(
-        "10.0.0.1:40005".parse().expect("addr"),
-        "10.0.0.2:8080".parse().expect("addr"),
-        1_700_000_000_000_000,
-    );
+    let mut c = conversation(40005);
     c.handshake().client_send(REQ);
     c.advance(500).skip(false, RESP.len() as u64);
     c.advance(500).server_rst();
@@ -241,11 +214,7 @@ fn a_backend_reset_past_a_whole_response_the_capture_missed_is_not_a_reset_befor
 
 #[test]
 fn a_proxy_reset_acknowledging_a_response_the_capture_missed_is_not_abandonment() {
-    let mut c = Conversation::new(
-        "10.0.0.1:40006".parse().expect("addr"),
-        "10.0.0.2:8080".parse().expect("addr"),
-        1_700_000_000_000_000,
-    );
+    let mut c = conversation(40006);
     c.handshake().client_send(REQ);
     // The proxy got the whole response (the capture did not) and resets, acknowledging it.
     c.advance(500).skip(false, RESP.len() as u64);
@@ -258,11 +227,7 @@ fn a_proxy_reset_acknowledging_a_response_the_capture_missed_is_not_abandonment(
 
 #[test]
 fn a_proxy_reset_past_request_bytes_the_capture_missed_is_a_capture_gap() {
-    let mut c = Conversation::new(
-        "10.0.0.1:40007".parse().expect("addr"),
-        "10.0.0.2:8080".parse().expect("addr"),
-        1_700_000_000_000_000,
-    );
+    let mut c = conversation(40007);
     c.handshake().client_send(REQ).server_send(RESP);
     // A second request is missing from the capture; the proxy then resets.
     c.advance(500).skip(true, REQ.len() as u64);
@@ -277,11 +242,7 @@ fn a_proxy_reset_past_request_bytes_the_capture_missed_is_a_capture_gap() {
 /// number) proves nothing about bytes sent: the body it cuts is truncated, no gap invented.
 #[test]
 fn a_reset_with_a_sequence_number_far_ahead_invents_no_gap() {
-    let mut c = Conversation::new(
-        "10.0.0.1:40020".parse().expect("addr"),
-        "10.0.0.2:8080".parse().expect("addr"),
-        1_700_000_000_000_000,
-    );
+    let mut c = conversation(40020);
     c.handshake().client_send(REQ);
     let (shown, _) = RESP.split_at(RESP.len() - 3);
     c.advance(500).server_send(shown).ack(true);
