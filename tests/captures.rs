@@ -258,7 +258,8 @@ fn table_report_of_the_demo_shows_the_summary_and_the_connection_blocks() {
         "connect_refused",
         "ttfb p50",
         "wireshark: ip.addr==",
-        "nginx: upstream prematurely closed connection",
+        "nginx:   upstream prematurely closed connection",
+        "HAProxy: SD · Envoy: UC",
     ] {
         assert!(text.contains(needle), "table lacks {needle:?}:\n{text}");
     }

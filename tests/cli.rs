@@ -346,3 +346,46 @@ fn timestamps_running_backwards_are_named_in_the_summary_notes() {
     let notes = of_type(&recs, "summary")[0]["notes"].to_string();
     assert!(notes.contains("timestamps run backwards"), "{notes}");
 }
+
+/// The human report's tables fit a wide terminal (a table wrapped by the terminal cannot be
+/// read): a long request target is cut (the JSON keeps it whole), the gateways' long words
+/// are wrapped, and a backend with many kinds of findings lists them one per line instead of
+/// in one row hundreds of characters wide.
+#[test]
+fn the_table_fits_a_terminal_whatever_the_targets_and_findings() {
+    let mut c = gatescope::synth::Conversation::new(
+        "10.0.0.1:40300".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    let long = format!("GET /{} HTTP/1.1\r\nHost: b\r\n\r\n", "a".repeat(180));
+    c.handshake().client_send(long.as_bytes()).advance(1_000);
+    c.server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nok");
+    c.server_fin().client_fin();
+    let mut pcap = Vec::new();
+    {
+        use gatescope::synth::{LinkType, PcapWriter};
+        let mut w = PcapWriter::new(&mut pcap, LinkType::Raw).expect("pcap");
+        w.write_packets(&c.into_packets()).expect("write");
+    }
+    let (_dir, long_target) = write_tmp("long_target.pcap", &pcap);
+    let mut args = vec!["analyze".to_string()];
+    for e in std::fs::read_dir(repo().join("captures")).expect("captures/") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "pcap") {
+            args.push(p.display().to_string());
+        }
+    }
+    args.push(long_target.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("truncated_body"), "{text}");
+    let widest = text
+        .lines()
+        .filter(|l| l.contains('│'))
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    assert!(widest <= 140, "a table {widest} characters wide:\n{text}");
+}

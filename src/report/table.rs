@@ -12,7 +12,8 @@ use crate::summary::Summary;
 use crate::time::Ts;
 use rustc_hash::FxHashMap;
 use std::io::{self, Write};
-use tabled::settings::Style;
+use tabled::settings::object::Columns;
+use tabled::settings::{Style, Width};
 use tabled::{builder::Builder, Table};
 
 const MAX_EXCHANGES_SHOWN: usize = 40;
@@ -65,9 +66,23 @@ fn ms(v: Option<f64>) -> String {
     }
 }
 
+/// Widest a free-text column gets (the gateway's words, a request target): wider, and one
+/// long value (a 200-character URL, HAProxy's two ways of logging a TLS mismatch) would
+/// push the whole table past a terminal's width. The JSON output has them whole.
+const TEXT_COLUMN: usize = 60;
+
+/// Widest the summary's HAProxy and Envoy columns get (most entries are a two-letter
+/// termination state; a few explain themselves).
+const GATEWAY_COLUMN: usize = 36;
+
 fn table(b: Builder) -> String {
+    table_with(b, |_| {})
+}
+
+fn table_with(b: Builder, f: impl FnOnce(&mut Table)) -> String {
     let mut t: Table = b.build();
     t.with(Style::sharp());
+    f(&mut t);
     t.to_string()
 }
 
@@ -145,28 +160,34 @@ impl<W: Write + Send> Output for TableReport<W> {
         )?;
         if !s.findings.is_empty() {
             let mut b = Builder::default();
-            b.push_record(["finding", "severity", "count", "what the gateway did"]);
+            b.push_record(["finding", "severity", "count", "nginx", "HAProxy", "Envoy"]);
             for (&(k, sev), n) in &s.by_kind_severity {
                 let h = k.hint();
-                let status = if h.nginx_status > 0 {
-                    format!(
-                        "nginx {} · HAProxy {} · Envoy {}",
-                        h.nginx_status, h.haproxy, h.envoy
-                    )
+                let nginx = if h.nginx_status > 0 {
+                    h.nginx_status.to_string()
                 } else {
-                    format!(
-                        "nginx passes it · HAProxy {} · Envoy {}",
-                        h.haproxy, h.envoy
-                    )
+                    "passes it".into()
                 };
                 b.push_record([
                     k.name().to_string(),
                     sev.as_str().to_string(),
                     n.to_string(),
-                    status,
+                    nginx,
+                    h.haproxy.to_string(),
+                    h.envoy.to_string(),
                 ]);
             }
-            writeln!(w, "\n{}", table(b))?;
+            let wrapped = table_with(b, |t| {
+                t.modify(
+                    Columns::one(4),
+                    Width::wrap(GATEWAY_COLUMN).keep_words(true),
+                );
+                t.modify(
+                    Columns::one(5),
+                    Width::wrap(GATEWAY_COLUMN).keep_words(true),
+                );
+            });
+            writeln!(w, "\n{wrapped}")?;
         } else {
             writeln!(w, "\nno findings")?;
         }
@@ -200,7 +221,9 @@ impl<W: Write + Send> Output for TableReport<W> {
                         .iter()
                         .map(|(k, n)| format!("{k} ×{n}"))
                         .collect::<Vec<_>>()
-                        .join(", "),
+                        // One per line: a backend with many kinds of findings would
+                        // otherwise make a row hundreds of characters wide.
+                        .join("\n"),
                 ]);
             }
             writeln!(w, "\n{}", table(b))?;
@@ -295,7 +318,10 @@ fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block) -> io::Result<()>
                 outcome,
             ]);
         }
-        writeln!(w, "{}", indent(&table(t), "   "))?;
+        let t = table_with(t, |t| {
+            t.modify(Columns::one(2), Width::truncate(TEXT_COLUMN).suffix("…"));
+        });
+        writeln!(w, "{}", indent(&t, "   "))?;
         if b.more_exchanges > 0 {
             writeln!(w, "   … {} more exchange(s)", b.more_exchanges)?;
         }
@@ -335,9 +361,11 @@ fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block) -> io::Result<()>
         } else {
             String::new()
         };
+        // The gateways' words on lines of their own: nginx's error-log line alone is often
+        // longer than a terminal.
         writeln!(
             w,
-            "      nginx: {}{status} · HAProxy: {} · Envoy: {}",
+            "      nginx:   {}{status}\n      HAProxy: {} · Envoy: {}",
             h.nginx, h.haproxy, h.envoy
         )?;
     }
