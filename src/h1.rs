@@ -189,8 +189,11 @@ enum State {
     Chunked(Chunk),
     UntilClose,
     Tunnel,
-    /// Looking for a message start (mid-stream pickup or after a gap).
-    Resync,
+    /// Looking for a message start (mid-stream pickup or after a gap), with the TLS records
+    /// seen at segment starts meanwhile (see [`tls_records`]).
+    Resync {
+        tls_records: u8,
+    },
     /// Unframeable; skip until the end.
     Broken,
 }
@@ -260,6 +263,29 @@ pub fn foreign_protocol(role: Role, start: &[u8]) -> Option<&'static str> {
         },
     };
     h2.then_some("HTTP/2")
+}
+
+/// TLS records chained from the start of `data`: each header (content type 20-23,
+/// version 3.0-3.4, a length up to 2^14 + 2048) followed, where the record ends inside
+/// `data`, by the next one. 0 if `data` does not start with one, or if a record ends inside
+/// `data` where no record follows (a chance match, not a TLS stream).
+pub fn tls_records_at(data: &[u8]) -> u8 {
+    let mut at = 0usize;
+    let mut n = 0u8;
+    while let Some(h) = data.get(at..at + 5) {
+        let len = usize::from(u16::from_be_bytes([h[3], h[4]]));
+        if !((20..=23).contains(&h[0]) && h[1] == 3 && h[2] <= 4 && (1..=18_432).contains(&len)) {
+            return 0;
+        }
+        n = n.saturating_add(1);
+        at += 5 + len;
+        if n >= 2 {
+            break;
+        }
+    }
+    // A next header cut by the segment's end (fewer than 5 bytes left): too little to say
+    // either way, so the records before it count.
+    n
 }
 
 /// Whether `data` starts like an HTTP/1.x request line.
@@ -333,7 +359,7 @@ impl Parser {
     /// Starts in resync mode: the stream was picked up mid-way and the first message boundary
     /// is unknown.
     pub fn resync(&mut self) {
-        self.state = State::Resync;
+        self.state = State::Resync { tls_records: 0 };
         self.buf = Vec::new();
     }
 
@@ -379,7 +405,7 @@ impl Parser {
     }
 
     pub fn is_resyncing(&self) -> bool {
-        matches!(self.state, State::Resync)
+        matches!(self.state, State::Resync { .. })
     }
 
     /// Where the current message stands.
@@ -405,7 +431,7 @@ impl Parser {
                 received: self.body,
             },
             State::Tunnel => Position::Tunnel,
-            State::Resync | State::Broken => Position::Lost,
+            State::Resync { .. } | State::Broken => Position::Lost,
         }
     }
 
@@ -454,7 +480,7 @@ impl Parser {
             }
             State::Tunnel | State::Broken => true,
             _ => {
-                self.state = State::Resync;
+                self.state = State::Resync { tls_records: 0 };
                 self.buf.clear();
                 false
             }
@@ -532,17 +558,40 @@ impl Parser {
                 (data.len(), Step::Body(data.len() as u64))
             }
             State::Tunnel | State::Broken => (data.len(), Step::Skipped(data.len() as u64)),
-            State::Resync => match self.find_message_start(data) {
-                Some(0) => {
-                    self.state = State::Idle;
-                    (0, Step::Skipped(0))
+            State::Resync { tls_records } => {
+                // A connection picked up mid-stream on an encrypted leg never shows a message
+                // start: its segments begin with TLS records. Two of them (chained in one
+                // segment, or at two segment starts) make it TLS beyond reasonable doubt —
+                // a cleartext body starting so by chance is ~1 in 10^13 — and then the
+                // stream is not searched any further.
+                let seen = tls_records.saturating_add(tls_records_at(data));
+                if seen >= 2 {
+                    self.state = State::Broken;
+                    return (
+                        data.len(),
+                        Step::Broken(Violation::ForeignProtocol {
+                            protocol: "TLS",
+                            first_bytes: escape(&data[..data.len().min(16)]),
+                        }),
+                    );
                 }
-                Some(p) => {
-                    self.state = State::Idle;
-                    (p, Step::Skipped(p as u64))
-                }
-                None => (data.len(), Step::Skipped(data.len() as u64)),
-            },
+                self.state = State::Resync { tls_records: seen };
+                self.resync_step(data)
+            }
+        }
+    }
+
+    fn resync_step(&mut self, data: &[u8]) -> (usize, Step) {
+        match self.find_message_start(data) {
+            Some(0) => {
+                self.state = State::Idle;
+                (0, Step::Skipped(0))
+            }
+            Some(p) => {
+                self.state = State::Idle;
+                (p, Step::Skipped(p as u64))
+            }
+            None => (data.len(), Step::Skipped(data.len() as u64)),
         }
     }
 
@@ -1606,5 +1655,49 @@ mod test {
         let (n, step) = p.step(b"tail of a body\r\nHTTP/1.1 200 OK\r\n");
         assert!(matches!(step, Step::Skipped(16)), "{step:?}");
         assert_eq!(n, 16);
+    }
+
+    fn tls_record(len: u16) -> Vec<u8> {
+        let mut r = vec![0x17, 3, 3];
+        r.extend_from_slice(&len.to_be_bytes());
+        r.resize(5 + usize::from(len), 0xa5);
+        r
+    }
+
+    #[test]
+    fn tls_records_are_counted_only_while_they_chain() {
+        let one = tls_record(100);
+        let two = [tls_record(10), tls_record(30)].concat();
+        let broken = [tls_record(10), b"HTTP/1.1 200 OK\r\n".to_vec()].concat();
+        let cut = [tls_record(10), vec![0x17, 3]].concat();
+        let counts = [
+            &one[..],
+            &two,
+            &broken,
+            &cut,
+            b"GET / HTTP/1.1\r\n",
+            &one[..40],
+        ]
+        .map(tls_records_at);
+        assert_eq!(counts, [1, 2, 0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn a_resyncing_stream_of_tls_records_is_foreign_after_two() {
+        let mut p = Parser::new(Role::Response, &Limits::default());
+        p.resync();
+        let (_, first) = p.step(&tls_record(1200));
+        let (_, second) = p.step(&tls_record(300));
+        assert!(matches!(first, Step::Skipped(1205)), "{first:?}");
+        assert!(
+            matches!(
+                second,
+                Step::Broken(Violation::ForeignProtocol {
+                    protocol: "TLS",
+                    ..
+                })
+            ),
+            "{second:?}"
+        );
     }
 }

@@ -264,6 +264,8 @@ pub struct Session {
     /// The proxy opened the connection in this protocol (TLS, HTTP/2) and the backend has
     /// not answered yet: its first bytes tell whether the two agree.
     foreign_client: Option<&'static str>,
+    /// A stream picked up mid-stream turned out to carry TLS records: said once.
+    foreign_midstream: bool,
     pending_limit_hit: bool,
     /// gatescope stopped framing the response stream because of one of its own limits
     /// (`limit_reached`): from there on it does not know where responses start or end, so it
@@ -319,6 +321,7 @@ impl Session {
             max_pending: limits.max_pending,
             slow_due: false,
             foreign_client: None,
+            foreign_midstream: false,
             pending_limit_hit: false,
             resp_unframed: false,
             req_unframed: false,
@@ -368,6 +371,7 @@ impl Session {
         let mut d = data;
         while !d.is_empty() || self.req.owes_step() {
             let before = d.len();
+            let resyncing = self.req.is_resyncing();
             let (n, step) = self.req.step(d);
             let offset = self.client_off + (data.len() - before) as u64;
             d = &d[n..];
@@ -403,6 +407,10 @@ impl Session {
                     }
                     self.retire();
                 }
+                Step::Broken(Violation::ForeignProtocol {
+                    protocol,
+                    first_bytes,
+                }) if resyncing => self.foreign_midstream(protocol, "proxy", first_bytes, ctx),
                 Step::Broken(Violation::ForeignProtocol {
                     protocol,
                     first_bytes,
@@ -444,6 +452,38 @@ impl Session {
             None,
             msg,
             evidence(json!({"protocol": protocol, "side": "proxy", "first_bytes": first_bytes})),
+        );
+    }
+
+    /// A stream picked up mid-stream (or resynchronising after a gap) carries TLS records:
+    /// the leg is encrypted. Said once for the connection, as a warning (nothing shows that
+    /// the two ends disagree), with no exchange invented; neither direction is searched
+    /// for HTTP any further, and no verdict rests on them.
+    fn foreign_midstream(
+        &mut self,
+        protocol: &str,
+        side: &str,
+        first_bytes: String,
+        ctx: &mut Ctx<'_>,
+    ) {
+        self.req.tunnel();
+        self.resp.tunnel();
+        self.req_unframed = true;
+        self.resp_unframed = true;
+        if std::mem::replace(&mut self.foreign_midstream, true) {
+            return;
+        }
+        let msg = format!(
+            "the {side}'s bytes on this connection are {protocol} records (the capture began after the connection was opened): this backend leg is encrypted, and gatescope reads only cleartext HTTP/1.x, so its requests and responses are not analysed (capture where the leg is cleartext, e.g. behind the TLS terminator)"
+        );
+        self.em.finding(
+            ctx,
+            Kind::UnsupportedProtocol,
+            Severity::Warning,
+            &ExRef::default(),
+            None,
+            msg,
+            evidence(json!({"protocol": protocol, "side": side, "midstream": true, "first_bytes": first_bytes})),
         );
     }
 
@@ -621,6 +661,7 @@ impl Session {
                 self.excess_bytes(d, ctx);
                 break;
             }
+            let resyncing = self.resp.is_resyncing();
             let (n, step) = self.resp.step(d);
             d = &d[n..];
             if let Some(i) = self.answering() {
@@ -639,6 +680,12 @@ impl Session {
                 Step::Body(_) | Step::Skipped(_) => {}
                 Step::End => self.response_end(ctx),
                 Step::Violation(v) => self.response_violation(&v, false, ctx),
+                Step::Broken(Violation::ForeignProtocol {
+                    protocol,
+                    first_bytes,
+                }) if resyncing => {
+                    self.foreign_midstream(protocol, "backend", first_bytes, ctx);
+                }
                 Step::Broken(v) => self.response_violation(&v, true, ctx),
             }
             if d.is_empty() && !self.resp.owes_step() {

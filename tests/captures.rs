@@ -395,6 +395,54 @@ fn a_tls_or_http2_leg_is_named_as_such_not_reported_as_backend_errors() {
     assert_eq!(got, [want.clone(), want]);
 }
 
+/// A capture started after the proxy opened its (encrypted) connections: no handshake to
+/// recognise, only TLS records each way. The leg is named as encrypted once, and nothing
+/// else is said about it (no exchange, no error).
+#[test]
+fn an_encrypted_leg_picked_up_mid_stream_is_named_once() {
+    use gatescope::synth::{Conversation, LinkType, PcapWriter};
+    let record = |len: u16, fill: u8| {
+        let mut r = vec![0x17, 3, 3];
+        r.extend_from_slice(&len.to_be_bytes());
+        r.resize(5 + usize::from(len), fill);
+        r
+    };
+    let mut c = Conversation::new(
+        "10.0.0.1:40000".parse().expect("addr"),
+        "10.0.0.2:443".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.skip(true, 5_000).skip(false, 90_000);
+    for i in 0..4u8 {
+        c.client_send(&record(180, i)).advance(1_000);
+        c.server_send(&record(2_400, i)).advance(1_000);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tls.pcap");
+    let mut w = PcapWriter::new(std::fs::File::create(&path).expect("create"), LinkType::Raw)
+        .expect("pcap");
+    w.write_packets(&c.into_packets()).expect("write");
+    drop(w);
+    let (code, recs, _) = analyze_json(&[&path], &["--backend", "443"]);
+    let findings: Vec<String> = of_type(&recs, "finding")
+        .iter()
+        .map(|f| {
+            format!(
+                "{} {} {}",
+                f["kind"], f["severity"], f["evidence"]["midstream"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        (code, findings, of_type(&recs, "exchange").len()),
+        (
+            0,
+            vec![r#""unsupported_protocol" "warning" true"#.to_string()],
+            0
+        )
+    );
+}
+
 #[test]
 fn a_cleartext_answer_to_the_proxys_tls_handshake_is_a_protocol_mismatch() {
     // proxy_pass https:// to a plain-HTTP backend: the ClientHello gets a 400 in cleartext.
