@@ -209,7 +209,14 @@ impl Common {
                     live,
                 ))
             }
-            Format::Table => Box::new(TableReport::new(io::BufWriter::new(stdout), self.all)),
+            Format::Table => {
+                let t = TableReport::new(io::BufWriter::new(stdout), self.all);
+                if live {
+                    Box::new(t.with_feed(Box::new(io::stderr())))
+                } else {
+                    Box::new(t)
+                }
+            }
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct TableReport<W: Write + Send> {
     open: FxHashMap<u64, Block>,
     done: Vec<(Connection, Block)>,
     more_blocks: u64,
+    /// Live capture: each error and warning as a line here the moment it is found (the
+    /// report itself waits for the end of the capture).
+    feed: Option<Box<dyn Write + Send>>,
 }
 
 impl<W: Write + Send> TableReport<W> {
@@ -48,8 +51,38 @@ impl<W: Write + Send> TableReport<W> {
             open: FxHashMap::default(),
             done: Vec::new(),
             more_blocks: 0,
+            feed: None,
         }
     }
+
+    /// Writes every error and warning to `feed` as one line as soon as it is found: in
+    /// live mode the report comes only when the capture ends (Ctrl-C, `--duration`), and
+    /// whoever is watching a 502 storm wants to see them while it lasts.
+    pub fn with_feed(mut self, feed: Box<dyn Write + Send>) -> Self {
+        self.feed = Some(feed);
+        self
+    }
+}
+
+/// One finding as one line: time, severity, kind, connection, exchange, what happened.
+fn feed_line(f: &Finding) -> String {
+    let ex = match (f.exchange, &f.method, &f.target) {
+        (Some(i), Some(m), Some(t)) => {
+            let t: String = t.chars().take(TEXT_COLUMN).collect();
+            format!(" exchange {i} ({m} {t})")
+        }
+        (Some(i), _, _) => format!(" exchange {i}"),
+        _ => String::new(),
+    };
+    format!(
+        "{} {} {} {} → {}{ex}: {}",
+        short_time(f.ts),
+        f.severity.as_str().to_uppercase(),
+        f.kind,
+        f.client,
+        f.server,
+        f.message
+    )
 }
 
 fn short_time(t: Ts) -> String {
@@ -97,6 +130,14 @@ impl<W: Write + Send> Output for TableReport<W> {
     fn record(&mut self, r: &Record) -> io::Result<()> {
         match r {
             Record::Finding(f) => {
+                if let Some(feed) = self
+                    .feed
+                    .as_mut()
+                    .filter(|_| f.severity >= Severity::Warning)
+                {
+                    // The feed is a courtesy: a closed stderr must not stop the report.
+                    let _ = writeln!(feed, "{}", feed_line(f)).and_then(|()| feed.flush());
+                }
                 let b = self.open.entry(f.conn).or_default();
                 if b.findings.len() < MAX_FINDINGS_SHOWN {
                     b.findings.push(f.clone());
@@ -373,4 +414,75 @@ fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block) -> io::Result<()>
         writeln!(w, "   … {} more finding(s)", b.more_findings)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::findings::{Confidence, Kind};
+    use std::sync::{Arc, Mutex};
+
+    /// A writer whose bytes the test can still read after handing it over.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().map_or(Ok(0), |mut v| {
+                v.extend_from_slice(b);
+                Ok(b.len())
+            })
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Shared {
+        fn text(&self) -> String {
+            self.0
+                .lock()
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_default()
+        }
+    }
+
+    fn finding(kind: Kind, severity: Severity) -> Record {
+        Record::Finding(Finding {
+            kind,
+            severity,
+            confidence: Confidence::High,
+            conn: 7,
+            exchange: Some(2),
+            ts: Ts(1_768_471_204_905_080),
+            frame: 75,
+            client: "10.0.0.1:40147".parse().unwrap_or_else(|_| unreachable!()),
+            server: "10.0.0.2:8080".parse().unwrap_or_else(|_| unreachable!()),
+            method: Some("GET".into()),
+            target: Some("/api/users/2".into()),
+            status: None,
+            message: "request sent on a reused keep-alive connection".into(),
+            evidence: serde_json::Map::new(),
+            hint: kind.hint(),
+        })
+    }
+
+    /// Live: an error shows on the feed the moment it is found, long before the report;
+    /// info findings do not.
+    #[test]
+    fn a_live_feed_shows_errors_and_warnings_as_they_are_found() {
+        let (report, feed) = (Shared::default(), Shared::default());
+        let mut t = TableReport::new(report.clone(), false).with_feed(Box::new(feed.clone()));
+        t.record(&finding(Kind::KeepaliveRace, Severity::Error))
+            .unwrap_or_else(|e| panic!("{e}"));
+        t.record(&finding(Kind::BackendErrorStatus, Severity::Info))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (feed.text(), report.text()),
+            (
+                "10:00:04.905080 ERROR keepalive_race 10.0.0.1:40147 → 10.0.0.2:8080 exchange 2 (GET /api/users/2): request sent on a reused keep-alive connection\n".to_string(),
+                String::new()
+            )
+        );
+    }
 }
