@@ -458,8 +458,15 @@ pub fn live(args: &LiveArgs) -> Outcome {
         r.kernel_received = Some(u64::from(st.received));
         r.kernel_dropped = Some(u64::from(st.dropped));
         r.interface_dropped = Some(u64::from(st.if_dropped));
+        // libpcap skips the outgoing copy of every loopback packet itself, after the
+        // kernel has counted both copies.
+        let twice = if args.interface == "lo" {
+            " (on lo the kernel counts each packet twice, as sent and as received)"
+        } else {
+            ""
+        };
         eprintln!(
-            "gatescope: {} packets received by the filter, {} dropped by the kernel, {} dropped by the interface",
+            "gatescope: {} packets received by the filter{twice}, {} dropped by the kernel, {} dropped by the interface",
             st.received, st.dropped, st.if_dropped
         );
     }
