@@ -68,6 +68,8 @@ kinds! {
     ConnectRefused => "connect_refused", Error;
     /// SYN never answered (retransmitted, or the capture ends).
     ConnectTimeout => "connect_timeout", Error;
+    /// SYN answered, but only after retransmissions or a second or more.
+    SlowConnect => "slow_connect", Warning;
     /// Server RST after (part of) a request, before any response byte.
     ResetBeforeResponse => "reset_before_response", Error;
     /// Server FIN after a request, before any response byte.
@@ -252,6 +254,12 @@ impl Kind {
                 0,
                 "--",
                 "UPE",
+            ),
+            Kind::SlowConnect => h(
+                "upstream timed out (110: Connection timed out) while connecting to upstream, if proxy_connect_timeout is shorter",
+                504,
+                "sC",
+                "UF",
             ),
             Kind::SlowFirstByte => h(
                 "upstream timed out (110: Connection timed out) while reading response header from upstream, if proxy_read_timeout is shorter",

@@ -481,6 +481,8 @@ impl FlowTable {
         c.last = ctx.ts;
         c.dirs[d].seen = true;
         let flags = seg.flags;
+        // The handshake's answer, the first time: how long the backend took to accept.
+        let first_synack = flags.syn() && flags.ack() && !c.synack;
 
         if flags.syn() {
             if flags.ack() {
@@ -577,6 +579,11 @@ impl FlowTable {
         } else {
             Side::Server
         };
+        if first_synack && side == Side::Server {
+            if let (Some(syn), Some(s)) = (&c.syn, c.session.as_mut()) {
+                slow_connect_finding(s, syn, ctx);
+            }
+        }
         if side == Side::Server && has_payload {
             c.server_spoke = true;
             if let Some(s) = c.session.as_mut() {
@@ -1171,6 +1178,42 @@ fn sent_upto(
     if dir.first_gap.is_none() {
         dir.first_gap = first_gap;
     }
+}
+
+/// The backend answered the SYN, but late: after retransmitted SYNs (the first ones were
+/// dropped — a full listen queue, `net.ipv4.tcp_max_syn_backlog`, a firewall) or a second
+/// or more after it. Each retransmission adds 1 s, then 2, 4…: exactly the connect times that
+/// run into a short `proxy_connect_timeout` (504) and otherwise show as slow requests.
+fn slow_connect_finding(s: &mut Session, syn: &Syn, ctx: &mut Ctx<'_>) {
+    let waited = ctx.ts.micros_since(syn.at.0);
+    if syn.count < 2 && waited < SYN_MIN_WAIT_US {
+        return;
+    }
+    let ms = waited as f64 / 1000.0;
+    let why = if syn.count >= 2 {
+        let lost = match syn.count - 1 {
+            1 => "the first went".to_string(),
+            n => format!("the first {n} went"),
+        };
+        format!(
+            "after {} SYNs: {lost} unanswered (the backend's listen queue full, or SYNs dropped on the way)",
+            syn.count
+        )
+    } else {
+        "to the first SYN".to_string()
+    };
+    let msg = format!(
+        "the backend accepted the connection {ms:.0} ms after the proxy's first SYN, {why}"
+    );
+    s.em.finding(
+        ctx,
+        Kind::SlowConnect,
+        Severity::Warning,
+        &ExRef::default(),
+        Some(syn.at),
+        msg,
+        evidence(json!({"syn_sent": syn.count, "connect_ms": ms})),
+    );
 }
 
 fn zero_window_finding(
