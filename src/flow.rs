@@ -1190,21 +1190,16 @@ fn slow_connect_finding(s: &mut Session, syn: &Syn, ctx: &mut Ctx<'_>) {
         return;
     }
     let ms = waited as f64 / 1000.0;
-    let why = if syn.count >= 2 {
-        let lost = match syn.count - 1 {
-            1 => "the first went".to_string(),
-            n => format!("the first {n} went"),
-        };
+    let msg = if syn.count >= 2 {
         format!(
-            "after {} SYNs: {lost} unanswered (the backend's listen queue full, or SYNs dropped on the way)",
+            "the backend answered the proxy's SYN only after {} attempts, {ms:.0} ms after the first: the earlier SYNs went unanswered (the backend's listen queue full, or SYNs dropped on the way)",
             syn.count
         )
     } else {
-        "to the first SYN".to_string()
+        format!(
+            "the backend answered the proxy's SYN {ms:.0} ms after it: a connect that slow points at an overloaded backend host or a slow path"
+        )
     };
-    let msg = format!(
-        "the backend accepted the connection {ms:.0} ms after the proxy's first SYN, {why}"
-    );
     s.em.finding(
         ctx,
         Kind::SlowConnect,

@@ -167,11 +167,17 @@ fn teaching_captures_give_the_described_outcome() {
             &[("unsolicited_response", 1)],
             2,
         ),
-        // A real download: the first response byte 12 s after the request (slow), then lost
+        // A real download: the SYN answered only after its retransmission, 7 s after the first
+        // (slow connect), the first response byte 12 s after the request (slow), then lost
         // segments (capture gaps) and the client's RST before the body completed.
         (
             "captures/suricata-verify/tcp-rst-unacked-stream-10/TLPW1-tcp-174.56.47.59-10.3.11.101-tcp-80-49309.pcap",
-            &[("abandoned_by_client", 1), ("capture_gap", 0), ("slow_first_byte", 1)],
+            &[
+                ("abandoned_by_client", 1),
+                ("capture_gap", 0),
+                ("slow_connect", 0),
+                ("slow_first_byte", 1),
+            ],
             1,
         ),
         // TE + CL in the request (smuggling): malformed request; the client closed right after
