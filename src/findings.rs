@@ -143,6 +143,40 @@ pub struct GatewayHint {
 }
 
 impl Kind {
+    /// What to look at next: the usual cause behind this kind, and the check or setting
+    /// that settles it. The 502 checklist (is the backend up, is the network sound, are the
+    /// proxy's timeouts right, what do the logs say) answered from the wire.
+    pub fn next_step(self) -> &'static str {
+        match self {
+            Kind::ConnectRefused => "nothing accepted connections on that address: the backend is down, restarting, or listening elsewhere; check it is up (ss -ltnp on its host) and the proxy's upstream address",
+            Kind::ConnectTimeout => "the SYNs got no answer: the backend host is down or unreachable, or a firewall drops the traffic; test from the proxy host (nc -vz HOST PORT) and check firewall rules",
+            Kind::SlowConnect => "the first SYNs were dropped: the backend's accept queue overflows (nstat -az TcpExtListenOverflows on its host; raise its listen backlog and net.core.somaxconn, or add workers) or the path drops packets",
+            Kind::ResetBeforeResponse => "the backend reset the connection instead of answering: a crash, a kill or restart, or a socket closed with the request unread; check the backend's logs and restarts at that time",
+            Kind::ClosedBeforeResponse => "the backend closed without answering: a worker exited, hit its own timeout or refused the request; check the backend's logs at that time (crash, OOM kill, request timeout)",
+            Kind::TruncatedHead => "the backend stopped in the middle of its response head: a crash or kill while answering; check the backend's logs and restarts at that time",
+            Kind::TruncatedBody => "the backend stopped before the body it announced was complete: a crash or kill mid-response, a write timeout in the backend, or a wrong Content-Length; check its logs and the length it sets against the bytes it sends",
+            Kind::MalformedStatusLine => "the answer is not HTTP/1.x: something other than an HTTP server answers on that port (another protocol, TLS), or the backend writes raw bytes before its status line",
+            Kind::MalformedHeader => "fix the header the backend writes (the evidence shows the line): gateways reject it and answer 502",
+            Kind::HeadTooLarge => "the response head is larger than the proxy's header buffer: raise nginx proxy_buffer_size (HAProxy tune.bufsize), or send fewer and shorter headers (large Set-Cookie)",
+            Kind::InvalidContentLength => "fix the Content-Length the backend sends (the evidence shows it): it must be one decimal number",
+            Kind::DuplicateContentLength => "the backend sends two different Content-Lengths: find the code or middleware that adds the second one",
+            Kind::ContentLengthWithChunked => "the backend sends Content-Length and chunked encoding together: drop Content-Length when chunking (often a middleware adds it)",
+            Kind::UnsupportedTransferEncoding => "the backend uses a transfer coding gateways reject (only chunked is accepted): send the body chunked or with a Content-Length",
+            Kind::InvalidChunk => "the backend's chunked encoding is broken: a bug in its HTTP server or in code that writes chunks by hand",
+            Kind::ExcessData => "the backend sent more than its framing announced: a Content-Length too small, or bytes written after the response",
+            Kind::UnsolicitedResponse => "the backend answered with no request pending: a second response to one request (an error page written after the response)",
+            Kind::SlowFirstByte => "the backend was slow to start its answer: find out why (its logs, load, slow dependencies), or raise the proxy's read timeout (nginx proxy_read_timeout, HAProxy timeout server) if such waits are expected",
+            Kind::AbandonedByClient => "the proxy gave up (its read timeout: nginx proxy_read_timeout, HAProxy timeout server) or its client went away: compare the idle time in the evidence with the proxy's timeouts",
+            Kind::KeepaliveRace => "the backend closes idle keep-alive connections while the proxy still reuses them: make the backend's idle timeout longer than the proxy's (nginx upstream keepalive_timeout, HAProxy timeout http-keep-alive)",
+            Kind::ZeroWindow => "a receiver stopped reading: the side in the message was overloaded or blocked (a backend not reading an upload, a proxy buffering for a slow client)",
+            Kind::CaptureGap => "not a backend fault: the capture missed packets; capture whole packets on the proxy host with a larger buffer (tcpdump -s 0 -B 16384) and a filter on the backend port",
+            Kind::BackendErrorStatus => "the backend itself answered with an error status: the fault is behind it (its own upstreams or dependencies); check its logs",
+            Kind::MalformedRequest => "the proxy sent a request the backend may reject: a client's malformed request passed through, or a rewrite in the proxy",
+            Kind::UnsupportedProtocol => "make the proxy and the backend agree on the protocol (proxy_pass http:// for plain HTTP, https:// for TLS); to analyse a leg, capture where it is cleartext HTTP/1.x",
+            Kind::LimitReached => "one of gatescope's own bounds was reached: rerun with the --max-… option named in the evidence raised",
+        }
+    }
+
     /// The gateway-side diagnosis for this kind.
     pub fn hint(self) -> GatewayHint {
         let h = |nginx, nginx_status, haproxy, envoy| GatewayHint {

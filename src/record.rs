@@ -62,6 +62,8 @@ pub struct Finding {
     pub message: String,
     pub evidence: serde_json::Map<String, serde_json::Value>,
     pub hint: GatewayHint,
+    /// What to look at next ([`Kind::next_step`]).
+    pub next_step: &'static str,
 }
 
 impl Serialize for Kind {
@@ -209,6 +211,7 @@ pub const FIELDS: &[&str] = &[
     "message",
     "method",
     "midstream",
+    "next_step",
     "notes",
     "outcome",
     "packets",

@@ -129,6 +129,7 @@ impl Emitter {
             message,
             evidence,
             hint,
+            next_step: kind.next_step(),
         };
         self.push(ctx, Record::Finding(f));
     }

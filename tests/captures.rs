@@ -195,6 +195,12 @@ fn truncated_body_evidence_says_how_much_and_who_ended_it() {
     assert_eq!(f["evidence"]["received"], 2000);
     assert_eq!(f["evidence"]["ended_by"], "server FIN");
     assert_eq!(f["hint"]["haproxy"], "SD");
+    assert!(
+        f["next_step"]
+            .as_str()
+            .is_some_and(|s| s.contains("Content-Length")),
+        "{f}"
+    );
 }
 
 /// In the body phase nginx has already sent the backend's status line to the client: it
@@ -261,6 +267,8 @@ fn table_report_of_the_demo_shows_the_summary_and_the_connection_blocks() {
         "wireshark: ip.addr==",
         "nginx:   upstream prematurely closed connection",
         "HAProxy: SD · Envoy: UC",
+        "what to check next:",
+        "keepalive_timeout",
     ] {
         assert!(text.contains(needle), "table lacks {needle:?}:\n{text}");
     }

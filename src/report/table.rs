@@ -276,6 +276,9 @@ impl<W: Write + Send> Output for TableReport<W> {
         for n in notes {
             writeln!(w, "note: {n}")?;
         }
+        if !s.findings.is_empty() {
+            write_next_steps(w, s)?;
+        }
         // Worst first (errors, then warnings), then in the order connections started.
         self.done
             .sort_by(|(c1, b1), (c2, b2)| worst(b2).cmp(&worst(b1)).then(c1.id.cmp(&c2.id)));
@@ -291,6 +294,53 @@ impl<W: Write + Send> Output for TableReport<W> {
         }
         w.flush()
     }
+}
+
+/// Width of the "what to check next" text, after the kind's name.
+const NEXT_STEP_WIDTH: usize = 72;
+
+/// For each kind found, errors first, what to look at next, wrapped under its name.
+fn write_next_steps<W: Write>(w: &mut W, s: &Summary) -> io::Result<()> {
+    let mut kinds: Vec<(Severity, crate::findings::Kind)> = Vec::new();
+    for &(k, sev) in s.by_kind_severity.keys() {
+        match kinds.iter_mut().find(|(_, seen)| *seen == k) {
+            Some(e) => e.0 = e.0.max(sev),
+            None => kinds.push((sev, k)),
+        }
+    }
+    kinds.sort_by_key(|&(sev, _)| std::cmp::Reverse(sev));
+    let name_width = kinds.iter().map(|(_, k)| k.name().len()).max().unwrap_or(0);
+    writeln!(w, "\nwhat to check next:")?;
+    for (_, k) in kinds {
+        for (i, line) in wrap_words(k.next_step(), NEXT_STEP_WIDTH)
+            .iter()
+            .enumerate()
+        {
+            let name = if i == 0 { k.name() } else { "" };
+            writeln!(w, "  {name:<name_width$}  {line}")?;
+        }
+    }
+    Ok(())
+}
+
+/// `text` in lines of at most `width` characters, broken between words (a longer word
+/// gets a line of its own).
+fn wrap_words(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 /// The most severe finding of a block.
@@ -464,6 +514,7 @@ mod test {
             message: "request sent on a reused keep-alive connection".into(),
             evidence: serde_json::Map::new(),
             hint: kind.hint(),
+            next_step: kind.next_step(),
         })
     }
 
