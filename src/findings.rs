@@ -148,11 +148,11 @@ impl Kind {
     /// proxy's timeouts right, what do the logs say) answered from the wire.
     pub fn next_step(self) -> &'static str {
         match self {
-            Kind::ConnectRefused => "nothing accepted connections on that address: the backend is down, restarting, or listening elsewhere; check it is up (ss -ltnp on its host) and the proxy's upstream address",
+            Kind::ConnectRefused => "nothing accepted connections on that address: the backend is down, restarting (a rolling deploy still routed to), or listening elsewhere; check it is up (ss -ltnp on its host) and the proxy's upstream address",
             Kind::ConnectTimeout => "the SYNs got no answer: the backend host is down or unreachable, or a firewall drops the traffic; test from the proxy host (nc -vz HOST PORT) and check firewall rules",
             Kind::SlowConnect => "the first SYNs were dropped: the backend's accept queue overflows (nstat -az TcpExtListenOverflows on its host; raise its listen backlog and net.core.somaxconn, or add workers) or the path drops packets",
-            Kind::ResetBeforeResponse => "the backend reset the connection instead of answering: a crash, a kill or restart, or a socket closed with the request unread; check the backend's logs and restarts at that time",
-            Kind::ClosedBeforeResponse => "the backend closed without answering: a worker exited, hit its own timeout or refused the request; check the backend's logs at that time (crash, OOM kill, request timeout)",
+            Kind::ResetBeforeResponse => "the backend reset the connection instead of answering: a worker crashed or was killed (by its own timeout, such as Gunicorn's 30 s, or the OOM killer), a restart, or a socket closed with the request unread; check the backend's logs at that time",
+            Kind::ClosedBeforeResponse => "the backend closed without answering: a worker crashed or was killed (by its own timeout, such as Gunicorn's 30 s, or the OOM killer), or the backend timed out reading the request; check its logs at that time",
             Kind::TruncatedHead => "the backend stopped in the middle of its response head: a crash or kill while answering; check the backend's logs and restarts at that time",
             Kind::TruncatedBody => "the backend stopped before the body it announced was complete: a crash or kill mid-response, a write timeout in the backend, or a wrong Content-Length; check its logs and the length it sets against the bytes it sends",
             Kind::MalformedStatusLine => "the answer is not HTTP/1.x: something other than an HTTP server answers on that port (another protocol, TLS), or the backend writes raw bytes before its status line",
@@ -167,7 +167,7 @@ impl Kind {
             Kind::UnsolicitedResponse => "the backend answered with no request pending: a second response to one request (an error page written after the response)",
             Kind::SlowFirstByte => "the backend was slow to start its answer: find out why (its logs, load, slow dependencies), or raise the proxy's read timeout (nginx proxy_read_timeout, HAProxy timeout server) if such waits are expected",
             Kind::AbandonedByClient => "the proxy gave up (its read timeout: nginx proxy_read_timeout, HAProxy timeout server) or its client went away: compare the idle time in the evidence with the proxy's timeouts",
-            Kind::KeepaliveRace => "the backend closes idle keep-alive connections while the proxy still reuses them: make the backend's idle timeout longer than the proxy's (nginx upstream keepalive_timeout, HAProxy timeout http-keep-alive)",
+            Kind::KeepaliveRace => "the backend closes idle keep-alive connections while the proxy still reuses them (the evidence's idle time is about the backend's timeout): make the backend's keep-alive timeout (Node.js keepAliveTimeout, 5 s by default; Gunicorn --keep-alive) longer than the proxy's (nginx keepalive_timeout in the upstream block, 60 s by default)",
             Kind::ZeroWindow => "a receiver stopped reading: the side in the message was overloaded or blocked (a backend not reading an upload, a proxy buffering for a slow client)",
             Kind::CaptureGap => "not a backend fault: the capture missed packets; capture whole packets on the proxy host with a larger buffer (tcpdump -s 0 -B 16384) and a filter on the backend port",
             Kind::BackendErrorStatus => "the backend itself answered with an error status: the fault is behind it (its own upstreams or dependencies); check its logs",
