@@ -57,6 +57,10 @@ enum Leg {
     /// On a connection to a listener whose accept queue is full, so SYNs go unanswered
     /// (the gateway's `/unanswered/` route).
     Unanswered,
+    /// On a connection to a listener whose accept queue is full until shortly after the
+    /// gateway's first SYN, so that only its retransmission is answered (the gateway's
+    /// `/slowaccept/` route; see [`SlowAccept`]).
+    SlowAccept,
 }
 
 struct Case {
@@ -200,6 +204,14 @@ const CASES: &[Case] = &[
             "SYN unanswered (accept queue full)",
             "/unanswered/x",
             &["connect_timeout"],
+        )
+    },
+    Case {
+        leg: Leg::SlowAccept,
+        ..get(
+            "first SYN dropped (accept queue full for 0.4 s)",
+            "/slowaccept/x",
+            &["slow_connect"],
         )
     },
 ];
@@ -413,16 +425,15 @@ fn run_gateway(gw: Gateway, env: &Env) -> Result<Run, Skip> {
     let backend_port = backend.port;
     let refused_port = free_port();
     let blackhole = Blackhole::new();
+    let slow_accept = SlowAccept::new();
     let gw_port = free_port();
-    let gateway = start_gateway(
-        gw,
-        env,
-        d,
-        gw_port,
-        backend.port,
-        refused_port,
-        blackhole.as_ref(),
-    );
+    let ups = Upstreams {
+        backend: backend.port,
+        refused: refused_port,
+        unanswered: blackhole.as_ref().map_or(refused_port, |b| b.port),
+        slow: slow_accept.as_ref().map_or(refused_port, |s| s.port),
+    };
+    let gateway = start_gateway(gw, env, d, gw_port, &ups);
     wait_connect(gw_port, &gateway.proc, Duration::from_secs(10));
 
     let mut notes = Vec::new();
@@ -433,8 +444,15 @@ fn run_gateway(gw: Gateway, env: &Env) -> Result<Run, Skip> {
                 .to_string(),
         );
     }
+    let slow_port = slow_accept.as_ref().map(|s| s.port);
+    if slow_accept.is_none() {
+        notes.push(
+            "slow-accept case not run: the full-accept-queue listener did not drop SYNs"
+                .to_string(),
+        );
+    }
     let mut filter = format!("tcp port {} or tcp port {}", backend.port, refused_port);
-    if let Some(p) = unanswered_port {
+    for p in [unanswered_port, slow_port].into_iter().flatten() {
         let _ = write!(filter, " or tcp port {p}");
     }
     let capture = match env.tool {
@@ -451,6 +469,12 @@ fn run_gateway(gw: Gateway, env: &Env) -> Result<Run, Skip> {
     for case in CASES {
         if case.leg == Leg::Unanswered && blackhole.is_none() {
             continue;
+        }
+        if case.leg == Leg::SlowAccept {
+            match &slow_accept {
+                Some(s) => s.open_soon(),
+                None => continue,
+            }
         }
         thread::sleep(PAUSE_BETWEEN_REQUESTS);
         let req = Req {
@@ -484,6 +508,7 @@ fn run_gateway(gw: Gateway, env: &Env) -> Result<Run, Skip> {
     gateway.proc.stop(stop, Duration::from_secs(5));
     drop(backend);
     drop(blackhole);
+    drop(slow_accept);
 
     // The gateway's side of the story.
     let logs = GatewayLogs::read(gw, d);
@@ -513,6 +538,7 @@ fn run_gateway(gw: Gateway, env: &Env) -> Result<Run, Skip> {
                 Leg::Backend => backend_port,
                 Leg::Refused => refused_port,
                 Leg::Unanswered => unanswered_port.unwrap_or(0),
+                Leg::SlowAccept => slow_port.unwrap_or(0),
             };
             for fd in f.for_request(leg, &obs.target, port) {
                 obs.kinds.insert(fd.kind.clone(), fd.severity.clone());
@@ -998,6 +1024,82 @@ impl Blackhole {
     }
 }
 
+/// A listener whose accept queue is full (as [`Blackhole`]) until [`SlowAccept::open_soon`]
+/// frees it 0.4 s later: the gateway's first SYN is dropped, its retransmission (1 s later,
+/// within the gateway's connect timeout) is answered, and a thread serves the request with a
+/// small 200. The backend whose listen queue overflows for a moment.
+struct SlowAccept {
+    port: u16,
+    go: Option<mpsc::Sender<()>>,
+    server: Option<thread::JoinHandle<()>>,
+}
+
+impl SlowAccept {
+    fn new() -> Option<SlowAccept> {
+        let Blackhole {
+            port,
+            _listener: listener,
+            _fillers: fillers,
+        } = Blackhole::new()?;
+        let (go, wait) = mpsc::channel::<()>();
+        let server = thread::spawn(move || {
+            let _fillers = fillers;
+            if wait.recv().is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(400));
+            // Every accept is bounded: the listener is non-blocking and polled until a
+            // deadline, so a gateway that never retries cannot hang the test.
+            let _ = listener.set_nonblocking(true);
+            let deadline = Instant::now() + Duration::from_secs(4);
+            let mut queued = Vec::new();
+            while Instant::now() < deadline {
+                // The fillers' connections come out of the queue first; the gateway's is
+                // the one that sends a request.
+                match listener.accept() {
+                    Ok((conn, _)) => queued.push(conn),
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+                for conn in queued.iter_mut() {
+                    let _ = conn.set_read_timeout(Some(Duration::from_millis(5)));
+                    let mut buf = [0u8; 4096];
+                    if let Ok(n) = conn.read(&mut buf) {
+                        if n > 0 && buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            let _ = conn.write_all(
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                            );
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Some(SlowAccept {
+            port,
+            go: Some(go),
+            server: Some(server),
+        })
+    }
+
+    /// Frees the accept queue 0.4 s from now.
+    fn open_soon(&self) {
+        if let Some(go) = &self.go {
+            let _ = go.send(());
+        }
+    }
+}
+
+impl Drop for SlowAccept {
+    fn drop(&mut self) {
+        // Unblocks the thread if it never got the signal; otherwise it ends by itself
+        // within its deadline.
+        self.go.take();
+        if let Some(t) = self.server.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The gateways
 
@@ -1016,23 +1118,23 @@ impl GatewayProc {
     }
 }
 
-fn start_gateway(
-    gw: Gateway,
-    env: &Env,
-    dir: &Path,
-    port: u16,
+/// The ports the gateway routes to: the backend, and the connect-failure legs.
+struct Upstreams {
     backend: u16,
     refused: u16,
-    blackhole: Option<&Blackhole>,
-) -> GatewayProc {
-    // A route to a port where SYNs are dropped; without a blackhole, to the refused port.
-    let unanswered = blackhole.map_or(refused, |b| b.port);
+    /// Where SYNs are dropped (without a blackhole, the refused port).
+    unanswered: u16,
+    /// Where only a retransmitted SYN is answered (without one, the refused port).
+    slow: u16,
+}
+
+fn start_gateway(gw: Gateway, env: &Env, dir: &Path, port: u16, ups: &Upstreams) -> GatewayProc {
     let out = fs::File::create(dir.join(format!("{}.stdout", gw.name()))).expect("stdout file");
     let err = fs::File::create(dir.join(format!("{}.stderr", gw.name()))).expect("stderr file");
     match gw {
         Gateway::Nginx => {
             fs::create_dir_all(dir.join("tmp")).expect("tmp dir");
-            let conf = nginx_conf(dir, port, backend, refused, unanswered);
+            let conf = nginx_conf(dir, port, ups);
             fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
             let mut proc = Proc::spawn(
                 "nginx",
@@ -1061,7 +1163,7 @@ fn start_gateway(
             GatewayProc { gw, proc }
         }
         Gateway::Haproxy => {
-            let cfg = haproxy_cfg(port, backend, refused, unanswered);
+            let cfg = haproxy_cfg(port, ups);
             fs::write(dir.join("haproxy.cfg"), cfg).expect("haproxy.cfg");
             let proc = Proc::spawn(
                 "haproxy",
@@ -1113,8 +1215,14 @@ fn cmdline(pid: i32) -> String {
         .replace('\0', " ")
 }
 
-fn nginx_conf(dir: &Path, port: u16, backend: u16, refused: u16, unanswered: u16) -> String {
+fn nginx_conf(dir: &Path, port: u16, ups: &Upstreams) -> String {
     let d = dir.display();
+    let Upstreams {
+        backend,
+        refused,
+        unanswered,
+        slow,
+    } = ups;
     format!(
         r#"# Rendered by tests/e2e_gateways.rs.
 user root;
@@ -1134,6 +1242,7 @@ http {{
     upstream backend {{ server 127.0.0.1:{backend}; keepalive 8; }}
     upstream refused {{ server 127.0.0.1:{refused}; }}
     upstream unanswered {{ server 127.0.0.1:{unanswered}; }}
+    upstream slowaccept {{ server 127.0.0.1:{slow}; }}
 
     server {{
         # deferred: the request is read in the accept pass (the keep-alive race case).
@@ -1147,13 +1256,20 @@ http {{
         location / {{ proxy_pass http://backend; }}
         location /refused/ {{ proxy_pass http://refused; }}
         location /unanswered/ {{ proxy_pass http://unanswered; }}
+        location /slowaccept/ {{ proxy_pass http://slowaccept; }}
     }}
 }}
 "#
     )
 }
 
-fn haproxy_cfg(port: u16, backend: u16, refused: u16, unanswered: u16) -> String {
+fn haproxy_cfg(port: u16, ups: &Upstreams) -> String {
+    let Upstreams {
+        backend,
+        refused,
+        unanswered,
+        slow,
+    } = ups;
     format!(
         r#"# Rendered by tests/e2e_gateways.rs.
 global
@@ -1177,6 +1293,7 @@ frontend fe
     bind 127.0.0.1:{port} defer-accept
     use_backend refused if {{ path_beg /refused/ }}
     use_backend unanswered if {{ path_beg /unanswered/ }}
+    use_backend slowaccept if {{ path_beg /slowaccept/ }}
     default_backend be
 
 backend be
@@ -1187,6 +1304,9 @@ backend refused
 
 backend unanswered
     server s1 127.0.0.1:{unanswered}
+
+backend slowaccept
+    server s1 127.0.0.1:{slow}
 "#
     )
 }
@@ -1524,6 +1644,7 @@ impl Findings {
             .filter(|f| match leg {
                 Leg::Backend => f.target.as_deref() == Some(target),
                 Leg::Refused | Leg::Unanswered => f.server_port == port && f.target.is_none(),
+                Leg::SlowAccept => f.server_port == port,
             })
             .collect()
     }
