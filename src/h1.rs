@@ -250,10 +250,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 /// alert), the HTTP/2 client preface, or an HTTP/2 server's first frame (SETTINGS on
 /// stream 0). None of these can start an HTTP/1.x message.
 pub fn foreign_protocol(role: Role, start: &[u8]) -> Option<&'static str> {
-    if let [t, 3, minor, ..] = start {
-        if (20..=23).contains(t) && *minor <= 4 {
-            return Some("TLS");
-        }
+    if starts_like_tls_record(start) {
+        return Some("TLS");
     }
     let h2 = match role {
         Role::Request => start.starts_with(H2_PREFACE),
@@ -265,6 +263,12 @@ pub fn foreign_protocol(role: Role, start: &[u8]) -> Option<&'static str> {
     h2.then_some("HTTP/2")
 }
 
+/// A TLS record header's first three bytes: content type 20-23 (change cipher spec, alert,
+/// handshake, application data), version 3.0-3.4. No HTTP/1.x message starts so.
+fn starts_like_tls_record(b: &[u8]) -> bool {
+    matches!(b, [t, 3, minor, ..] if (20..=23).contains(t) && *minor <= 4)
+}
+
 /// TLS records chained from the start of `data`: each header (content type 20-23,
 /// version 3.0-3.4, a length up to 2^14 + 2048) followed, where the record ends inside
 /// `data`, by the next one. 0 if `data` does not start with one, or if a record ends inside
@@ -274,7 +278,7 @@ pub fn tls_records_at(data: &[u8]) -> u8 {
     let mut n = 0u8;
     while let Some(h) = data.get(at..at + 5) {
         let len = usize::from(u16::from_be_bytes([h[3], h[4]]));
-        if !((20..=23).contains(&h[0]) && h[1] == 3 && h[2] <= 4 && (1..=18_432).contains(&len)) {
+        if !(starts_like_tls_record(h) && (1..=18_432).contains(&len)) {
             return 0;
         }
         n = n.saturating_add(1);
