@@ -389,3 +389,44 @@ fn the_table_fits_a_terminal_whatever_the_targets_and_findings() {
         .unwrap_or(0);
     assert!(widest <= 140, "a table {widest} characters wide:\n{text}");
 }
+
+/// A response whose head comes at once and whose body takes two seconds: the exchange's row
+/// shows both the first byte and the total, so a slow download is not mistaken for a fast
+/// answer.
+#[test]
+fn the_table_shows_how_long_a_whole_exchange_took() {
+    let mut c = gatescope::synth::Conversation::new(
+        "10.0.0.1:40400".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.handshake()
+        .client_send(b"GET /export HTTP/1.1\r\nHost: b\r\n\r\n")
+        .advance(1_000);
+    c.server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+        .advance(2_000_000);
+    c.server_send(b"done").advance(1_000);
+    c.client_fin().server_fin();
+    let mut pcap = Vec::new();
+    {
+        use gatescope::synth::{LinkType, PcapWriter};
+        let mut w = PcapWriter::new(&mut pcap, LinkType::Raw).expect("pcap");
+        w.write_packets(&c.into_packets()).expect("write");
+    }
+    let (_dir, p) = write_tmp("slow_body.pcap", &pcap);
+    let out = run(&["analyze", "--all", p.to_str().expect("utf-8 path")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.contains("/export"))
+        .unwrap_or_default()
+        .split('│')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect::<Vec<_>>();
+    assert_eq!(
+        row,
+        ["1", "GET", "/export", "200", "1.0 ms", "2.00 s", "33", "42", "complete"],
+        "{text}"
+    );
+}

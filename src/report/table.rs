@@ -104,6 +104,9 @@ fn ms(v: Option<f64>) -> String {
 /// push the whole table past a terminal's width. The JSON output has them whole.
 const TEXT_COLUMN: usize = 60;
 
+/// Widest a request target gets in an exchange table (the other eight columns take ~80).
+const TARGET_COLUMN: usize = 48;
+
 /// Widest the summary's HAProxy and Envoy columns get (most entries are a two-letter
 /// termination state; a few explain themselves).
 const GATEWAY_COLUMN: usize = 36;
@@ -389,6 +392,7 @@ fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block) -> io::Result<()>
             "target",
             "status",
             "first byte",
+            "total",
             "req B",
             "resp B",
             "outcome",
@@ -404,13 +408,18 @@ fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block) -> io::Result<()>
                 e.target.clone().unwrap_or_else(|| "-".into()),
                 e.status.map_or("-".into(), |s| s.to_string()),
                 ms(e.ttfb_ms),
+                // Request's first byte to response's last (nginx's $upstream_response_time,
+                // less the connect): what a slow body download adds after the first byte.
+                ms(e.request_start
+                    .zip(e.response_end)
+                    .map(|(a, b)| b.ms_since(a))),
                 e.request_bytes.to_string(),
                 e.response_bytes.to_string(),
                 outcome,
             ]);
         }
         let t = table_with(t, |t| {
-            t.modify(Columns::one(2), Width::truncate(TEXT_COLUMN).suffix("…"));
+            t.modify(Columns::one(2), Width::truncate(TARGET_COLUMN).suffix("…"));
         });
         writeln!(w, "{}", indent(&t, "   "))?;
         if b.more_exchanges > 0 {
