@@ -282,6 +282,63 @@ fn install_signal_handlers() {
     }
 }
 
+/// What live capture says on stderr while it runs, so that a silent capture is never
+/// mistaken for a healthy backend: once, if no packet came in the first seconds (a wrong
+/// interface or filter), how to check; and on a terminal, every few seconds, the packets
+/// read and the kernel's drops so far.
+struct LiveStatus {
+    started: std::time::Instant,
+    last: std::time::Instant,
+    warned: bool,
+    progress: bool,
+    what: String,
+}
+
+/// No packet in this long is worth a word.
+const LIVE_QUIET_WARN: std::time::Duration = std::time::Duration::from_secs(5);
+/// Progress lines on a terminal, this far apart.
+const LIVE_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl LiveStatus {
+    fn new(interface: &str, filter: Option<&str>) -> LiveStatus {
+        use std::io::IsTerminal;
+        let now = std::time::Instant::now();
+        LiveStatus {
+            started: now,
+            last: now,
+            warned: false,
+            progress: io::stderr().is_terminal(),
+            what: match filter {
+                Some(f) => format!("on '{interface}' with filter '{f}'"),
+                None => format!("on '{interface}'"),
+            },
+        }
+    }
+
+    fn tick(&mut self, packets: u64, cap: &mut pcap::Capture<pcap::Active>) {
+        let now = std::time::Instant::now();
+        if packets == 0 && !self.warned && now - self.started >= LIVE_QUIET_WARN {
+            self.warned = true;
+            eprintln!(
+                "gatescope: no packets {} in {} s: check that the proxy's backend traffic crosses this interface (ip route get BACKEND_IP) and that the filter matches it (try -i any, or no -f)",
+                self.what,
+                LIVE_QUIET_WARN.as_secs()
+            );
+        }
+        if self.progress && now - self.last >= LIVE_PROGRESS_EVERY {
+            self.last = now;
+            let drops = cap
+                .stats()
+                .map(|st| format!(", {} dropped by the kernel", st.dropped))
+                .unwrap_or_default();
+            eprintln!(
+                "gatescope: {} s: {packets} packets{drops}",
+                (now - self.started).as_secs()
+            );
+        }
+    }
+}
+
 fn drop_privileges(user: &str) -> Result<(), String> {
     let name = std::ffi::CString::new(user).map_err(|_| format!("bad user name '{user}'"))?;
     // SAFETY: getpwnam returns a pointer to static storage or null; we read it at once.
@@ -414,7 +471,9 @@ pub fn live(args: &LiveArgs) -> Outcome {
     let mut idle_reads = 0u32;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&cap);
     let mut errors = Vec::new();
+    let mut status = LiveStatus::new(&args.interface, args.common.filter.as_deref());
     while !STOP.load(Ordering::SeqCst) && !analyzer.output_failed() {
+        status.tick(packets, &mut cap);
         if args.duration.is_some_and(|d| started.elapsed() >= d)
             || args.count.is_some_and(|n| packets >= n)
         {

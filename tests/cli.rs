@@ -430,3 +430,25 @@ fn the_table_shows_how_long_a_whole_exchange_took() {
         "{text}"
     );
 }
+
+/// Live capture that sees nothing says so within seconds, and what to check, instead of
+/// looking like a healthy backend until Ctrl-C. (Needs root to capture on lo; CI is root.)
+#[test]
+fn live_capture_that_sees_no_packets_says_what_to_check() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "live capture on lo needs root, and CI runs as root"
+        );
+        eprintln!("skipped: live capture on lo needs root");
+        return;
+    }
+    // Port 9: nothing talks on it in the test run.
+    let out = run(&["live", "-i", "lo", "-f", "tcp port 9", "--duration", "6s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no packets on 'lo' with filter 'tcp port 9' in 5 s: check"),
+        "{err}"
+    );
+}
