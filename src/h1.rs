@@ -190,7 +190,7 @@ enum State {
     UntilClose,
     Tunnel,
     /// Looking for a message start (mid-stream pickup or after a gap), with the TLS records
-    /// seen at segment starts meanwhile (see [`tls_records`]).
+    /// seen at segment starts meanwhile (see [`tls_records_at`]).
     Resync {
         tls_records: u8,
     },
@@ -273,7 +273,7 @@ fn starts_like_tls_record(b: &[u8]) -> bool {
 /// version 3.0-3.4, a length up to 2^14 + 2048) followed, where the record ends inside
 /// `data`, by the next one. 0 if `data` does not start with one, or if a record ends inside
 /// `data` where no record follows (a chance match, not a TLS stream).
-pub fn tls_records_at(data: &[u8]) -> u8 {
+fn tls_records_at(data: &[u8]) -> u8 {
     let mut at = 0usize;
     let mut n = 0u8;
     while let Some(h) = data.get(at..at + 5) {

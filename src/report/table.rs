@@ -223,11 +223,7 @@ impl<W: Write + Send> Output for TableReport<W> {
             }
             let wrapped = table_with(b, |t| {
                 t.modify(
-                    Columns::one(4),
-                    Width::wrap(GATEWAY_COLUMN).keep_words(true),
-                );
-                t.modify(
-                    Columns::one(5),
+                    Columns::new(4..6),
                     Width::wrap(GATEWAY_COLUMN).keep_words(true),
                 );
             });
@@ -315,35 +311,13 @@ fn write_next_steps<W: Write>(w: &mut W, s: &Summary) -> io::Result<()> {
     let name_width = kinds.iter().map(|(_, k)| k.name().len()).max().unwrap_or(0);
     writeln!(w, "\nwhat to check next:")?;
     for (_, k) in kinds {
-        for (i, line) in wrap_words(k.next_step(), NEXT_STEP_WIDTH)
-            .iter()
-            .enumerate()
-        {
+        let text = tabled::settings::width::Wrap::wrap(k.next_step(), NEXT_STEP_WIDTH, true);
+        for (i, line) in text.lines().map(str::trim).enumerate() {
             let name = if i == 0 { k.name() } else { "" };
             writeln!(w, "  {name:<name_width$}  {line}")?;
         }
     }
     Ok(())
-}
-
-/// `text` in lines of at most `width` characters, broken between words (a longer word
-/// gets a line of its own).
-fn wrap_words(text: &str, width: usize) -> Vec<String> {
-    let mut lines = Vec::new();
-    let mut line = String::new();
-    for word in text.split_whitespace() {
-        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
-            lines.push(std::mem::take(&mut line));
-        }
-        if !line.is_empty() {
-            line.push(' ');
-        }
-        line.push_str(word);
-    }
-    if !line.is_empty() {
-        lines.push(line);
-    }
-    lines
 }
 
 /// The most severe finding of a block.
