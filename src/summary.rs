@@ -337,6 +337,13 @@ impl Summary {
                 self.flow.late_data_packets
             ));
         }
+        if self.read.tcp_packets == 0 && self.read.tcp_fragments == 0 {
+            // An empty report must not read as a clean bill of health.
+            v.push(format!(
+                "no TCP packets were read ({} packet(s) in all), so nothing was analysed: check the capture filter (gatescope's -f, or tcpdump's) and that the capture is of the proxy-to-backend leg",
+                self.read.packets
+            ));
+        }
         if let Some(&n) = self.findings.get(&Kind::LimitReached) {
             v.push(format!(
                 "gatescope's own bounds were reached {n} time(s) (limit_reached findings name the flag): what they cut short got no verdict; raise the flag if the traffic is legitimate"

@@ -452,3 +452,16 @@ fn live_capture_that_sees_no_packets_says_what_to_check() {
         "{err}"
     );
 }
+
+/// A filter (or a capture) with no TCP in it gives an empty report, which must not read as
+/// a clean bill of health: the summary says nothing was analysed and what to check.
+#[test]
+fn a_capture_filter_that_matches_nothing_is_named_in_the_notes() {
+    let demo = repo().join("captures/demo.pcap");
+    let (code, recs, _) = analyze_json(&[&demo], &["-f", "tcp port 1"]);
+    let notes = of_type(&recs, "summary")[0]["notes"].to_string();
+    assert!(
+        code == 0 && notes.contains("no TCP packets were read"),
+        "exit {code}, notes {notes}"
+    );
+}
