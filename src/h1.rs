@@ -239,6 +239,9 @@ pub const METHODS: &[&[u8]] = &[
 /// Bytes of a non-HTTP response's first line kept as evidence.
 const STATUS_EVIDENCE: usize = 64;
 
+/// Shown instead of bytes that may be a request body (see [`Parser::head_preview`]).
+pub const HIDDEN_BYTES: &str = "(not shown: they may be a request body; --show-secrets shows them)";
+
 /// Max characters of evidence taken from the wire.
 pub const EVIDENCE_CAP: usize = 200;
 
@@ -385,6 +388,26 @@ impl Parser {
             State::Head | State::AwaitHeadParse => self.buf.len(),
             _ => 0,
         }
+    }
+
+    /// The first `n` bytes of the head being collected, escaped for display (empty when no
+    /// head is in progress). Bytes that do not start like a request line may be a request
+    /// body (a login form, a token) and are shown only with `--show-secrets`.
+    pub fn head_preview(&self, n: usize) -> String {
+        match self.state {
+            State::Head | State::AwaitHeadParse
+                if self.show_secrets || looks_like_request(&self.buf) =>
+            {
+                escape(&self.buf[..self.buf.len().min(n)])
+            }
+            State::Head | State::AwaitHeadParse => HIDDEN_BYTES.to_string(),
+            _ => String::new(),
+        }
+    }
+
+    /// Whether the head being collected starts like a request line.
+    pub fn head_looks_like_request(&self) -> bool {
+        looks_like_request(&self.buf)
     }
 
     /// Gives up the head being collected because all connections' heads together are over

@@ -634,6 +634,33 @@ impl Session {
             .finding(ctx, kind, kind.severity(), &ex, None, msg, evidence(ev));
     }
 
+    /// The backend answers bytes from the proxy that have not become a request head: a
+    /// request body sent without Content-Length or Transfer-Encoding (the backend reads it
+    /// as the next request and rejects it), junk, or a head the backend refused before its
+    /// end. Without this the exchange showed only a status and no method.
+    fn answer_to_unparsed_request(&mut self, i: usize, status: u16, ctx: &mut Ctx<'_>) {
+        let bytes = self.req.head_in_progress();
+        let preview = self.req.head_preview(48);
+        let what = if self.req.head_looks_like_request() {
+            "a request head that was not complete yet (the backend refused it early)"
+        } else {
+            "not an HTTP request: often a request body sent without Content-Length or Transfer-Encoding, which the backend reads as a new request"
+        };
+        let msg = format!(
+            "the backend answered {status} to {bytes} byte(s) from the proxy that are {what}"
+        );
+        let ex = self.pending[i].exref();
+        self.em.finding(
+            ctx,
+            Kind::MalformedRequest,
+            Severity::Warning,
+            &ex,
+            None,
+            msg,
+            evidence(json!({"status": status, "request_bytes": bytes, "first_bytes": preview})),
+        );
+    }
+
     // ---------------------------------------------------------------- server side
 
     /// A segment carrying backend bytes was captured at `ts`. Kept apart from
@@ -782,6 +809,12 @@ impl Session {
             self.interim = true;
             self.resp.set_framing(Framing::None);
             return;
+        }
+        if self.requesting() == Some(i)
+            && self.pending[i].method.is_none()
+            && self.req.head_in_progress() > 0
+        {
+            self.answer_to_unparsed_request(i, status, ctx);
         }
         let start = self.msg_start.unwrap_or((ctx.ts, ctx.frame));
         let slow_us = self.slow_first_byte_us;

@@ -404,6 +404,32 @@ fn a_tls_or_http2_leg_is_named_as_such_not_reported_as_backend_errors() {
     assert_eq!(got, [want.clone(), want]);
 }
 
+/// The proxy sends a body without Content-Length: the backend reads it as a second request
+/// and answers 400. That exchange is named (a warning: the proxy's bytes, not the backend's
+/// fault), and the body itself, which may hold credentials, stays out of the output.
+#[test]
+fn a_request_body_without_content_length_answered_400_is_named_and_hidden() {
+    let (_d, path) = conversation(
+        b"POST /login HTTP/1.1\r\nHost: b\r\n\r\nuser=ann&password=hunter2",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\
+          HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    let (code, recs, _) = analyze_json(&[&path], &[]);
+    let findings: Vec<String> = of_type(&recs, "finding")
+        .iter()
+        .map(|f| format!("{} {} {}", f["kind"], f["severity"], f["exchange"]))
+        .collect();
+    let shown = serde_json::Value::Array(recs.clone()).to_string();
+    assert_eq!(
+        (code, findings, shown.contains("hunter2")),
+        (
+            0,
+            vec![r#""malformed_request" "warning" 2"#.to_string()],
+            false
+        )
+    );
+}
+
 /// A capture started after the proxy opened its (encrypted) connections: no handshake to
 /// recognise, only TLS records each way. The leg is named as encrypted once, and nothing
 /// else is said about it (no exchange, no error).
