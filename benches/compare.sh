@@ -57,9 +57,11 @@ BIN=${GATESCOPE:-target/release/gatescope}
 if [ ! -x "$BIN" ]; then
     cargo build --release --quiet --bin gatescope
 fi
+# The generator beside the binary (a build tree), else this tree's (GATESCOPE=/some/copy).
 GEN=$(dirname "$BIN")/gatescope-gen
 if [ ! -x "$GEN" ]; then
-    cargo build --release --quiet --bin gatescope-gen || true
+    GEN=target/release/gatescope-gen
+    [ -x "$GEN" ] || cargo build --release --quiet --bin gatescope-gen || true
 fi
 
 TMP=$(mktemp -d)
