@@ -112,6 +112,9 @@ pub struct Exchange {
     pub response_end: Option<Ts>,
     /// Response first byte minus request last byte, in milliseconds.
     pub ttfb_ms: Option<f64>,
+    /// Response last byte minus request first byte, in milliseconds (null until the
+    /// response ended).
+    pub total_ms: Option<f64>,
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub outcome: Outcome,
@@ -230,6 +233,7 @@ pub const FIELDS: &[&str] = &[
     "target",
     "tcp",
     "ts",
+    "total_ms",
     "ttfb_ms",
     "type",
     "warnings",

@@ -1502,6 +1502,10 @@ impl Session {
             (Some((a, _)), Some((b, _))) => Some(b.ms_since(a)),
             _ => None,
         };
+        let total_ms = match (e.req_start, e.resp_end) {
+            (Some((a, _)), Some(b)) => Some(b.ms_since(a)),
+            _ => None,
+        };
         let rec = record::Exchange {
             conn: self.em.id,
             index: e.index,
@@ -1516,6 +1520,7 @@ impl Session {
             response_head_end: e.resp_head_end,
             response_end: e.resp_end,
             ttfb_ms,
+            total_ms,
             request_bytes: e.req_bytes,
             response_bytes: e.resp_bytes,
             outcome,

@@ -384,9 +384,7 @@ fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block) -> io::Result<()>
                 ms(e.ttfb_ms),
                 // Request's first byte to response's last (nginx's $upstream_response_time,
                 // less the connect): what a slow body download adds after the first byte.
-                ms(e.request_start
-                    .zip(e.response_end)
-                    .map(|(a, b)| b.ms_since(a))),
+                ms(e.total_ms),
                 e.request_bytes.to_string(),
                 e.response_bytes.to_string(),
                 outcome,
