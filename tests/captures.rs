@@ -435,7 +435,7 @@ fn a_request_body_without_content_length_answered_400_is_named_and_hidden() {
 /// else is said about it (no exchange, no error).
 #[test]
 fn an_encrypted_leg_picked_up_mid_stream_is_named_once() {
-    use gatescope::synth::{Conversation, LinkType, PcapWriter};
+    use gatescope::synth::Conversation;
     let record = |len: u16, fill: u8| {
         let mut r = vec![0x17, 3, 3];
         r.extend_from_slice(&len.to_be_bytes());
@@ -452,12 +452,7 @@ fn an_encrypted_leg_picked_up_mid_stream_is_named_once() {
         c.client_send(&record(180, i)).advance(1_000);
         c.server_send(&record(2_400, i)).advance(1_000);
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("tls.pcap");
-    let mut w = PcapWriter::new(std::fs::File::create(&path).expect("create"), LinkType::Raw)
-        .expect("pcap");
-    w.write_packets(&c.into_packets()).expect("write");
-    drop(w);
+    let (_dir, path) = write_conversation(c);
     let (code, recs, _) = analyze_json(&[&path], &["--backend", "443"]);
     let findings: Vec<String> = of_type(&recs, "finding")
         .iter()

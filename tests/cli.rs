@@ -362,13 +362,7 @@ fn the_table_fits_a_terminal_whatever_the_targets_and_findings() {
     c.handshake().client_send(long.as_bytes()).advance(1_000);
     c.server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nok");
     c.server_fin().client_fin();
-    let mut pcap = Vec::new();
-    {
-        use gatescope::synth::{LinkType, PcapWriter};
-        let mut w = PcapWriter::new(&mut pcap, LinkType::Raw).expect("pcap");
-        w.write_packets(&c.into_packets()).expect("write");
-    }
-    let (_dir, long_target) = write_tmp("long_target.pcap", &pcap);
+    let (_dir, long_target) = write_conversation(c);
     let mut args = vec!["analyze".to_string()];
     for e in std::fs::read_dir(repo().join("captures")).expect("captures/") {
         let p = e.expect("entry").path();
@@ -407,13 +401,7 @@ fn the_table_shows_how_long_a_whole_exchange_took() {
         .advance(2_000_000);
     c.server_send(b"done").advance(1_000);
     c.client_fin().server_fin();
-    let mut pcap = Vec::new();
-    {
-        use gatescope::synth::{LinkType, PcapWriter};
-        let mut w = PcapWriter::new(&mut pcap, LinkType::Raw).expect("pcap");
-        w.write_packets(&c.into_packets()).expect("write");
-    }
-    let (_dir, p) = write_tmp("slow_body.pcap", &pcap);
+    let (_dir, p) = write_conversation(c);
     let out = run(&["analyze", "--all", p.to_str().expect("utf-8 path")]);
     let text = String::from_utf8_lossy(&out.stdout);
     let row = text
@@ -437,10 +425,7 @@ fn the_table_shows_how_long_a_whole_exchange_took() {
 fn live_capture_that_sees_no_packets_says_what_to_check() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "live capture on lo needs root, and CI runs as root"
-        );
+        assert!(!ci(), "live capture on lo needs root, and CI runs as root");
         eprintln!("skipped: live capture on lo needs root");
         return;
     }
