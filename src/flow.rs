@@ -170,6 +170,15 @@ struct Syn {
     isn: u32,
 }
 
+impl Syn {
+    /// The capture shows the proxy waiting on this SYN: it was retransmitted, or `now` is a
+    /// second or more after it (what makes an unanswered SYN a timeout and an answered one
+    /// a slow connect).
+    fn waited(&self, now: Ts) -> bool {
+        self.count >= 2 || now.micros_since(self.at.0) >= SYN_MIN_WAIT_US
+    }
+}
+
 #[derive(Debug)]
 struct Conn {
     id: ConnId,
@@ -837,10 +846,9 @@ impl FlowTable {
             );
         } else if no_answer && c.rst_by.is_none() {
             if let Some(s) = &c.syn {
-                let waited = now.micros_since(s.at.0);
                 // Only a wait the capture shows: a SYN evicted to make room (a burst of new
                 // connections, a flood) may have been answered a moment later.
-                if s.count >= 2 || waited >= SYN_MIN_WAIT_US {
+                if s.waited(now) {
                     timed_out = true;
                     session.em.finding(
                         ctx,
@@ -853,7 +861,7 @@ impl FlowTable {
                             s.count,
                             s.last.micros_since(s.at.0) as f64 / 1e6
                         ),
-                        evidence(json!({"syn_sent": s.count, "waited_ms": waited as f64 / 1000.0})),
+                        evidence(json!({"syn_sent": s.count, "waited_ms": now.ms_since(s.at.0)})),
                     );
                 }
             }
@@ -1185,11 +1193,10 @@ fn sent_upto(
 /// or more after it. Each retransmission adds 1 s, then 2, 4…: exactly the connect times that
 /// run into a short `proxy_connect_timeout` (504) and otherwise show as slow requests.
 fn slow_connect_finding(s: &mut Session, syn: &Syn, ctx: &mut Ctx<'_>) {
-    let waited = ctx.ts.micros_since(syn.at.0);
-    if syn.count < 2 && waited < SYN_MIN_WAIT_US {
+    if !syn.waited(ctx.ts) {
         return;
     }
-    let ms = waited as f64 / 1000.0;
+    let ms = ctx.ts.ms_since(syn.at.0);
     let msg = if syn.count >= 2 {
         format!(
             "the backend answered the proxy's SYN only after {} attempts, {ms:.0} ms after the first: the earlier SYNs went unanswered (the backend's listen queue full, or SYNs dropped on the way)",
