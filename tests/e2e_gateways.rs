@@ -209,7 +209,7 @@ const CASES: &[Case] = &[
     Case {
         leg: Leg::SlowAccept,
         ..get(
-            "first SYN dropped (accept queue full for 0.4 s)",
+            "first SYN dropped (accept queue full for 0.5 s)",
             "/slowaccept/x",
             &["slow_connect"],
         )
@@ -470,13 +470,18 @@ fn run_gateway(gw: Gateway, env: &Env) -> Result<Run, Skip> {
         if case.leg == Leg::Unanswered && blackhole.is_none() {
             continue;
         }
-        if case.leg == Leg::SlowAccept {
-            match &slow_accept {
-                Some(s) => s.open_soon(),
-                None => continue,
-            }
+        if case.leg == Leg::SlowAccept && slow_accept.is_none() {
+            continue;
         }
         thread::sleep(PAUSE_BETWEEN_REQUESTS);
+        if case.leg == Leg::SlowAccept {
+            // Right before the request: the gateway's first SYN goes out within
+            // milliseconds, half a second before the queue frees, and its retransmission
+            // half a second after.
+            if let Some(s) = &slow_accept {
+                s.open_soon();
+            }
+        }
         let req = Req {
             method: case.method,
             target: case.target.to_string(),
@@ -1025,7 +1030,7 @@ impl Blackhole {
 }
 
 /// A listener whose accept queue is full (as [`Blackhole`]) until [`SlowAccept::open_soon`]
-/// frees it 0.4 s later: the gateway's first SYN is dropped, its retransmission (1 s later,
+/// frees it 0.5 s later: the gateway's first SYN is dropped, its retransmission (1 s later,
 /// within the gateway's connect timeout) is answered, and a thread serves the request with a
 /// small 200. The backend whose listen queue overflows for a moment.
 struct SlowAccept {
@@ -1047,7 +1052,7 @@ impl SlowAccept {
             if wait.recv().is_err() {
                 return;
             }
-            thread::sleep(Duration::from_millis(400));
+            thread::sleep(Duration::from_millis(500));
             // Every accept is bounded: the listener is non-blocking and polled until a
             // deadline, so a gateway that never retries cannot hang the test.
             let _ = listener.set_nonblocking(true);
@@ -1081,7 +1086,7 @@ impl SlowAccept {
         })
     }
 
-    /// Frees the accept queue 0.4 s from now.
+    /// Frees the accept queue 0.5 s from now.
     fn open_soon(&self) {
         if let Some(go) = &self.go {
             let _ = go.send(());
