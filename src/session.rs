@@ -175,6 +175,9 @@ struct Exch {
     /// An error finding explains how this exchange ended; no second one.
     explained: bool,
     slow_reported: bool,
+    /// The request asked `Expect: 100-continue`: a final status before its body is the
+    /// backend declining the body, as the protocol allows.
+    expect_continue: bool,
     /// A tick found the wait slow; the finding is written at the connection's next event (or
     /// tick), once that event's capture gaps are known: a gap that hides the response's first
     /// bytes makes the finding low confidence (when the byte came is then unknown).
@@ -393,6 +396,7 @@ impl Session {
                         let e = &mut self.pending[i];
                         e.method = h.method.clone();
                         e.target = h.target.clone();
+                        e.expect_continue = h.expect_continue;
                         self.request_after_close(i, ctx);
                     }
                     for v in h.violations.iter() {
@@ -661,6 +665,35 @@ impl Session {
         );
     }
 
+    /// The backend answered while the proxy was still sending the request's body: it gave
+    /// up on the request (408, a read timeout on a slow upload; 413, a size limit; a
+    /// crash-and-answer) and usually closes next. The proxy passes the answer on — unless
+    /// the close resets the connection while it is still sending, and then it answers 502
+    /// (a load balancer in front of such a backend does).
+    fn early_response(
+        &mut self,
+        i: usize,
+        status: u16,
+        expected: Option<u64>,
+        received: u64,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let of = expected.map_or(String::from(" (chunked)"), |n| format!(" of {n}"));
+        let msg = format!(
+            "the backend answered {status} while the proxy was still sending the request body ({received}{of} bytes sent): it stopped reading the request before its end"
+        );
+        let ex = self.pending[i].exref();
+        self.em.finding(
+            ctx,
+            Kind::EarlyResponse,
+            Severity::Warning,
+            &ex,
+            None,
+            msg,
+            evidence(json!({"status": status, "request_body_sent": received, "request_body_expected": expected})),
+        );
+    }
+
     // ---------------------------------------------------------------- server side
 
     /// A segment carrying backend bytes was captured at `ts`. Kept apart from
@@ -810,11 +843,17 @@ impl Session {
             self.resp.set_framing(Framing::None);
             return;
         }
-        if self.requesting() == Some(i)
-            && self.pending[i].method.is_none()
-            && self.req.head_in_progress() > 0
-        {
-            self.answer_to_unparsed_request(i, status, ctx);
+        if self.requesting() == Some(i) {
+            if self.pending[i].method.is_none() && self.req.head_in_progress() > 0 {
+                self.answer_to_unparsed_request(i, status, ctx);
+            } else if let h1::Position::InBody {
+                expected, received, ..
+            } = self.req.position()
+            {
+                if !self.pending[i].expect_continue {
+                    self.early_response(i, status, expected, received, ctx);
+                }
+            }
         }
         let start = self.msg_start.unwrap_or((ctx.ts, ctx.frame));
         let slow_us = self.slow_first_byte_us;

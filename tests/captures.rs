@@ -110,6 +110,7 @@ const EXPECTED: &[Sample] = &[
     ("zero_window", 1, &[("zero_window", 0)]),
     ("unsupported_protocol", 1, &[("unsupported_protocol", 1)]),
     ("slow_connect", 1, &[("slow_connect", 0)]),
+    ("early_response", 1, &[("early_response", 1)]),
     // The README's demo: a small backend pool with several faults at once.
     (
         "demo",

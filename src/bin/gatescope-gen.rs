@@ -407,6 +407,7 @@ scenarios![
     // Last, so that adding them left every other sample's client port (and bytes) unchanged.
     unsupported_protocol,
     slow_connect,
+    early_response,
 ];
 
 fn write_samples(dir: &Path, only: Option<&str>) -> io::Result<()> {
@@ -897,6 +898,29 @@ fn slow_connect(port: u16) -> Sample {
     c.syn_only().advance(SEC).handshake();
     exchange(&mut c, &get("/api/users/1"), |t| json_ok(t, 800, 1));
     proxy_closes(&mut c);
+    sample(c)
+}
+
+fn early_response(port: u16) -> Sample {
+    let mut c = conv(port);
+    c.handshake();
+    // A slow upload: the head and the first 3,000 of 10,000 body bytes, then nothing for
+    // the backend's body read timeout; it answers 408 and closes before the rest.
+    let head = "POST /api/upload HTTP/1.1\r\nHost: backend\r\nContent-Type: application/octet-stream\r\nContent-Length: 10000\r\n\r\n";
+    c.client_send(head.as_bytes())
+        .client_send(&[b'u'; 3000])
+        .advance(60 * SEC);
+    c.server_send(&raw_response(
+        &[
+            "HTTP/1.1 408 Request Timeout",
+            "Content-Length: 0",
+            "Connection: close",
+        ],
+        b"",
+    ))
+    .server_fin()
+    .advance(MS)
+    .client_fin();
     sample(c)
 }
 
