@@ -100,6 +100,9 @@ kinds! {
     UnsolicitedResponse => "unsolicited_response", Warning;
     /// A response while the proxy was still sending the request body.
     EarlyResponse => "early_response", Warning;
+    /// After an early response, the backend reset the connection with the request body
+    /// still being sent: the proxy's write fails.
+    ResetDuringRequest => "reset_during_request", Error;
     /// First response byte later than `--slow-first-byte` after the request's last byte.
     SlowFirstByte => "slow_first_byte", Warning;
     /// The proxy closed or reset while a response was still owed (timeout 504 or abort 499).
@@ -166,7 +169,8 @@ impl Kind {
             Kind::UnsupportedTransferEncoding => "the backend uses a transfer coding gateways reject (only chunked is accepted): send the body chunked or with a Content-Length",
             Kind::InvalidChunk => "the backend's chunked encoding is broken: a bug in its HTTP server or in code that writes chunks by hand",
             Kind::ExcessData => "the backend sent more than its framing announced: a Content-Length too small, or bytes written after the response",
-            Kind::EarlyResponse => "the backend stopped reading the request before its end: its own limits on request bodies (408: a read timeout on a slow upload, such as nginx's client_body_timeout; 413: a size limit); if a gateway in front answered 502, let the proxy buffer the body (nginx proxy_request_buffering on) or raise the backend's limit",
+            Kind::EarlyResponse => "the backend stopped reading the request before its end: its own limits on request bodies (408: a read timeout on a slow upload, such as nginx's client_body_timeout; 413: a size limit); raise the limit, or enforce it at the proxy (nginx client_max_body_size), so that the proxy answers 413 itself before sending a byte; a 502 in front comes with the backend's reset (reset_during_request)",
+            Kind::ResetDuringRequest => "the backend closed the connection with the request body unread, and closing with unread bytes makes the kernel send a reset: have it read (or discard) the rest of the body before closing, or close gracefully with a lingering close, as nginx's lingering_close does; the early status says which of its limits ended the request (408: a body read timeout; 413: a size limit)",
             Kind::UnsolicitedResponse => "the backend answered with no request pending: a second response to one request (an error page written after the response)",
             Kind::SlowFirstByte => "the backend was slow to start its answer: find out why (its logs, load, slow dependencies), or raise the proxy's read timeout (nginx proxy_read_timeout, HAProxy timeout server) if such waits are expected",
             Kind::AbandonedByClient => "the proxy gave up (its read timeout: nginx proxy_read_timeout, HAProxy timeout server) or its client went away: compare the idle time in the evidence with the proxy's timeouts",
@@ -296,6 +300,12 @@ impl Kind {
                 "passes the early response on; if the backend's close resets the connection while nginx still sends the body: writev() failed (104: Connection reset by peer) while sending request to upstream (502)",
                 0,
                 "-",
+                "-",
+            ),
+            Kind::ResetDuringRequest => h(
+                "writev() failed (104: Connection reset by peer) while sending request to upstream (unless nginx read the early response first: then it passes that on)",
+                502,
+                "SD, no response (or the early response passed on)",
                 "-",
             ),
             Kind::SlowConnect => h(

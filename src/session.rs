@@ -178,6 +178,9 @@ struct Exch {
     /// The request asked `Expect: 100-continue`: a final status before its body is the
     /// backend declining the body, as the protocol allows.
     expect_continue: bool,
+    /// The backend answered before this request's body was sent ([`Kind::EarlyResponse`]):
+    /// a reset from it before the body's end then breaks the proxy's write.
+    answered_early: bool,
     /// A tick found the wait slow; the finding is written at the connection's next event (or
     /// tick), once that event's capture gaps are known: a gap that hides the response's first
     /// bytes makes the finding low confidence (when the byte came is then unknown).
@@ -682,6 +685,7 @@ impl Session {
         let msg = format!(
             "the backend answered {status} while the proxy was still sending the request body ({received}{of} bytes sent): it stopped reading the request before its end"
         );
+        self.pending[i].answered_early = true;
         let ex = self.pending[i].exref();
         self.em.finding(
             ctx,
@@ -691,6 +695,53 @@ impl Session {
             None,
             msg,
             evidence(json!({"status": status, "request_body_sent": received, "request_body_expected": expected})),
+        );
+    }
+
+    /// The backend reset the connection after answering early, with the request's body
+    /// still being sent: the proxy's next write fails with ECONNRESET, and unless it read
+    /// the early answer first it answers 502 (nginx: "writev() failed (104) while sending
+    /// request to upstream"). A FIN instead would have let the proxy finish writing; a
+    /// reset after the proxy's own close is the answer to that close, not a failed write.
+    fn reset_during_request(&mut self, ctx: &mut Ctx<'_>) {
+        if self.client_closed.is_some() {
+            return;
+        }
+        let Some(i) = self.requesting() else {
+            return;
+        };
+        let h1::Position::InBody {
+            expected, received, ..
+        } = self.req.position()
+        else {
+            return;
+        };
+        let e = &mut self.pending[i];
+        if !e.answered_early || !e.resp_done {
+            return;
+        }
+        e.answered_early = false;
+        let status = e.status.unwrap_or(0);
+        let after_ms = e.resp_end.map(|t| ctx.ts.ms_since(t));
+        let of = expected.map_or(String::from(" (chunked)"), |n| format!(" of {n}"));
+        let msg = format!(
+            "the backend reset the connection after its early {status}, with the request body still being sent ({received}{of} bytes sent): the proxy's next write fails, and it answers 502 unless it read the {status} first"
+        );
+        let ex = e.exref();
+        self.em.finding(
+            ctx,
+            Kind::ResetDuringRequest,
+            Severity::Error,
+            &ex,
+            None,
+            msg,
+            evidence(json!({
+                "status": status,
+                "request_body_sent": received,
+                "request_body_expected": expected,
+                "after_response_ms": after_ms,
+                "ended_by": "server RST",
+            })),
         );
     }
 
@@ -1234,6 +1285,10 @@ impl Session {
     /// stream at that moment (as a client-stream offset), if the segment carried one.
     pub fn server_close(&mut self, how: CloseKind, ack: Option<u64>, ctx: &mut Ctx<'_>) {
         self.flush_slow(ctx);
+        // Also after the backend's FIN: its kernel resets when the proxy writes on.
+        if how == CloseKind::Rst {
+            self.reset_during_request(ctx);
+        }
         if self.server_closed.is_some() {
             return;
         }
@@ -1514,6 +1569,10 @@ impl Session {
         let e = std::mem::take(&mut self.pending[i]);
         let outcome = e.outcome.unwrap_or(Outcome::Complete);
         let (index, req_done, req_lost) = (e.index, e.req_done, e.req_lost);
+        // An early answer to a request still streaming: a reset before its end is reported
+        // on this exchange (see `reset_during_request`), so the placeholder names it.
+        let early = (e.answered_early && !req_done)
+            .then(|| (e.method.clone(), e.target.clone(), e.status, e.resp_end));
         self.emit_exchange(e, outcome, ctx);
         // Keep a placeholder so request-side bookkeeping of a still-streaming request holds.
         let p = &mut self.pending[i];
@@ -1522,6 +1581,13 @@ impl Session {
         p.req_lost = req_lost;
         p.resp_done = true;
         p.emitted = true;
+        if let Some((method, target, status, resp_end)) = early {
+            p.answered_early = true;
+            p.method = method;
+            p.target = target;
+            p.status = status;
+            p.resp_end = resp_end;
+        }
     }
 
     /// Drops exchanges that are done on both sides from the front of the queue.

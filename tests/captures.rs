@@ -10,6 +10,7 @@ const ERROR_KINDS: &[&str] = &[
     "connect_refused",
     "connect_timeout",
     "reset_before_response",
+    "reset_during_request",
     "closed_before_response",
     "truncated_head",
     "truncated_body",
@@ -111,6 +112,11 @@ const EXPECTED: &[Sample] = &[
     ("unsupported_protocol", 1, &[("unsupported_protocol", 1)]),
     ("slow_connect", 1, &[("slow_connect", 0)]),
     ("early_response", 1, &[("early_response", 1)]),
+    (
+        "reset_during_request",
+        1,
+        &[("early_response", 1), ("reset_during_request", 1)],
+    ),
     // The README's demo: a small backend pool with several faults at once.
     (
         "demo",

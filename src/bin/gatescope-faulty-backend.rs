@@ -128,6 +128,10 @@ const FAULTS: &[(&str, &str)] = &[
     ),
     ("backend-503", "the backend's own 503 with Retry-After"),
     (
+        "early-response",
+        "answer 413 right after the request head, body unread, then RST (a body size limit)",
+    ),
+    (
         "keepalive-race",
         "?ms=N (default 200): a normal 200, then close the connection after N ms idle",
     ),
@@ -368,8 +372,13 @@ impl Conn<'_> {
                 self.id,
                 &format!("{} {} HTTP/1.{}", req.method, req.target, req.minor),
             );
-            if let Err(msg) = self.read_body(&req) {
-                return msg;
+            // The early-response fault answers before the body, as a backend with a body
+            // size limit or a body read timeout does.
+            let early = req.path() == "/fault/early-response";
+            if !early {
+                if let Err(msg) = self.read_body(&req) {
+                    return msg;
+                }
             }
             let next = match self.respond(&req) {
                 Ok(n) => n,
@@ -734,6 +743,18 @@ impl Conn<'_> {
                 );
                 self.send(&r)?;
                 Next::KeepAlive
+            }
+            // Answers 413 without reading the body (see `serve`), then closes: with the body
+            // unread, the close is a reset (as the kernel makes it when a backend closes with
+            // bytes unread; SO_LINGER 0 makes it certain), and the proxy's write fails.
+            "early-response" => {
+                self.send(&simple(
+                    413,
+                    "Content Too Large",
+                    "request body too large\n",
+                    true,
+                ))?;
+                Next::Rst
             }
             "keepalive-race" => {
                 let ms = req.query_ms().unwrap_or(200).max(1);

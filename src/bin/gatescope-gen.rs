@@ -408,6 +408,7 @@ scenarios![
     unsupported_protocol,
     slow_connect,
     early_response,
+    reset_during_request,
 ];
 
 fn write_samples(dir: &Path, only: Option<&str>) -> io::Result<()> {
@@ -921,6 +922,28 @@ fn early_response(port: u16) -> Sample {
     .server_fin()
     .advance(MS)
     .client_fin();
+    sample(c)
+}
+
+fn reset_during_request(port: u16) -> Sample {
+    let mut c = conv(port);
+    c.handshake();
+    // An upload over the backend's size limit: it answers 413 after the head and closes
+    // with the body unread, which resets the connection while the proxy is still sending
+    // (what nginx turns into a 502: writev() failed (104) while sending request to upstream).
+    let head = "POST /api/upload HTTP/1.1\r\nHost: backend\r\nContent-Type: application/octet-stream\r\nContent-Length: 600000\r\n\r\n";
+    c.client_send(head.as_bytes())
+        .client_send(&[b'u'; 60_000])
+        .advance(MS);
+    c.server_send(&raw_response(
+        &[
+            "HTTP/1.1 413 Content Too Large",
+            "Content-Length: 0",
+            "Connection: close",
+        ],
+        b"",
+    ))
+    .server_rst();
     sample(c)
 }
 
