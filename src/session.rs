@@ -1330,6 +1330,17 @@ impl Session {
             }
             return;
         }
+        // The request's body still being sent (by this exchange's request): the close breaks
+        // the proxy's write, not its wait for a response.
+        let sending = match (self.requesting() == Some(i), self.req.position()) {
+            (
+                true,
+                h1::Position::InBody {
+                    expected, received, ..
+                },
+            ) => Some((expected, received)),
+            _ => None,
+        };
         let e = &mut self.pending[i];
         let ended_by = format!("server {}", how.as_str());
         match pos {
@@ -1375,9 +1386,22 @@ impl Session {
                         CloseKind::Rst => "reset the connection",
                         CloseKind::Fin => "closed the connection",
                     };
-                    let msg = format!(
-                        "backend {what} {since_req:.0} ms after the request, before sending any response byte"
-                    );
+                    let msg = match sending {
+                        Some((expected, received)) => {
+                            let of = expected.map_or(String::from(" (chunked)"), |n| format!(" of {n}"));
+                            format!(
+                                "backend {what} {since_req:.0} ms after the request started, while the proxy was still sending its body ({received}{of} bytes sent), before sending any response byte{}",
+                                if how == CloseKind::Rst {
+                                    ": the proxy's write fails (nginx: writev() failed (104: Connection reset by peer) while sending request to upstream)"
+                                } else {
+                                    ""
+                                }
+                            )
+                        }
+                        None => format!(
+                            "backend {what} {since_req:.0} ms after the request, before sending any response byte"
+                        ),
+                    };
                     let ev = evidence(json!({
                         "ended_by": ended_by,
                         "after_request_ms": since_req,

@@ -119,3 +119,20 @@ fn a_declined_100_continue_then_a_reset_is_no_finding() {
     c.server_send(ANSWER_413).advance(50).server_rst();
     assert_eq!(findings(c), (0, vec![]));
 }
+
+/// No answer at all: a backend that dies reading the body. The finding says the proxy was
+/// still sending, which is where nginx's error log puts it.
+#[test]
+fn a_reset_in_the_middle_of_the_body_without_an_answer_says_the_body_was_being_sent() {
+    let mut c = upload();
+    c.server_rst();
+    let (_d, p) = write_conversation(c);
+    let (_, recs, _) = analyze_json(&[&p], &[]);
+    let f = first_finding(&recs, "reset_before_response");
+    let msg = f["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("while the proxy was still sending its body (20000 of 100000 bytes sent)")
+            && msg.contains("while sending request to upstream"),
+        "{f}"
+    );
+}
