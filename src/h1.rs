@@ -190,9 +190,11 @@ enum State {
     UntilClose,
     Tunnel,
     /// Looking for a message start (mid-stream pickup or after a gap), with the TLS records
-    /// seen at segment starts meanwhile (see [`tls_records_at`]).
+    /// and HTTP/2 frames seen at segment starts meanwhile (see [`tls_records_at`],
+    /// [`h2_frames_at`]).
     Resync {
         tls_records: u8,
+        h2_frames: u8,
     },
     /// Unframeable; skip until the end.
     Broken,
@@ -295,6 +297,66 @@ fn tls_records_at(data: &[u8]) -> u8 {
     n
 }
 
+/// Whether `h` (at least 9 bytes) is the header of an HTTP/2 frame (RFC 9113 §4.1, §6) as a
+/// proxy and its backend exchange them: a length up to the default maximum frame size
+/// (16,384), a defined type (0-9) with only its defined flags, the reserved bit clear, the
+/// connection-level frames (SETTINGS, PING, GOAWAY) on stream 0 with their fixed sizes, and
+/// the others on a client-initiated (odd) stream below 2^24. Strict on purpose: a chance
+/// match in a binary HTTP/1 body must be rare, and a missed HTTP/2 frame only delays the
+/// verdict.
+fn is_h2_frame_header(h: &[u8]) -> bool {
+    let [l0, l1, l2, kind, flags, s0, s1, s2, s3, ..] = *h else {
+        return false;
+    };
+    let len = u32::from_be_bytes([0, l0, l1, l2]);
+    let stream = u32::from_be_bytes([s0, s1, s2, s3]);
+    if len > 16_384 || stream >> 31 != 0 {
+        return false;
+    }
+    let on_stream = stream != 0 && stream < 1 << 24 && !stream.is_multiple_of(2);
+    let only = |allowed: u8| flags & !allowed == 0;
+    match kind {
+        // DATA: END_STREAM, PADDED.
+        0 => on_stream && only(0x09),
+        // HEADERS: END_STREAM, END_HEADERS, PADDED, PRIORITY.
+        1 => on_stream && only(0x2d) && len > 0,
+        // PRIORITY, RST_STREAM.
+        2 => on_stream && flags == 0 && len == 5,
+        3 => on_stream && flags == 0 && len == 4,
+        // SETTINGS: ACK (then empty).
+        4 => stream == 0 && only(0x01) && len.is_multiple_of(6) && (flags == 0 || len == 0),
+        // PUSH_PROMISE: END_HEADERS, PADDED.
+        5 => on_stream && only(0x0c) && len >= 4,
+        // PING: ACK.
+        6 => stream == 0 && only(0x01) && len == 8,
+        // GOAWAY.
+        7 => stream == 0 && flags == 0 && len >= 8,
+        // WINDOW_UPDATE: on the connection or a stream.
+        8 => (stream == 0 || on_stream) && flags == 0 && len == 4,
+        // CONTINUATION: END_HEADERS.
+        9 => on_stream && only(0x04) && len > 0,
+        _ => false,
+    }
+}
+
+/// HTTP/2 frames chained from the start of `data` (see [`is_h2_frame_header`]), counted up
+/// to 3; as [`tls_records_at`], 0 when a frame ends inside `data` where no frame follows.
+fn h2_frames_at(data: &[u8]) -> u8 {
+    let mut at = 0usize;
+    let mut n = 0u8;
+    while let Some(h) = data.get(at..at + 9) {
+        if !is_h2_frame_header(h) {
+            return 0;
+        }
+        n = n.saturating_add(1);
+        at += 9 + usize::from(u16::from_be_bytes([h[1], h[2]])) + (usize::from(h[0]) << 16);
+        if n >= 3 {
+            break;
+        }
+    }
+    n
+}
+
 /// Whether `data` starts like an HTTP/1.x request line.
 pub fn looks_like_request(data: &[u8]) -> bool {
     METHODS.iter().any(|m| data.starts_with(m))
@@ -366,7 +428,10 @@ impl Parser {
     /// Starts in resync mode: the stream was picked up mid-way and the first message boundary
     /// is unknown.
     pub fn resync(&mut self) {
-        self.state = State::Resync { tls_records: 0 };
+        self.state = State::Resync {
+            tls_records: 0,
+            h2_frames: 0,
+        };
         self.buf = Vec::new();
     }
 
@@ -507,7 +572,10 @@ impl Parser {
             }
             State::Tunnel | State::Broken => true,
             _ => {
-                self.state = State::Resync { tls_records: 0 };
+                self.state = State::Resync {
+                    tls_records: 0,
+                    h2_frames: 0,
+                };
                 self.buf.clear();
                 false
             }
@@ -585,24 +653,40 @@ impl Parser {
                 (data.len(), Step::Body(data.len() as u64))
             }
             State::Tunnel | State::Broken => (data.len(), Step::Skipped(data.len() as u64)),
-            State::Resync { tls_records } => {
-                // A connection picked up mid-stream on an encrypted leg never shows a message
-                // start: its segments begin with TLS records. Two of them (chained in one
-                // segment, or at two segment starts) make it TLS beyond reasonable doubt —
-                // a cleartext body starting so by chance is ~1 in 10^13 — and then the
-                // stream is not searched any further.
-                let seen = tls_records.saturating_add(tls_records_at(data));
-                if seen >= 2 {
+            State::Resync {
+                tls_records,
+                h2_frames,
+            } => {
+                // A connection picked up mid-stream on an encrypted or HTTP/2 leg never shows
+                // a message start: its segments begin with TLS records or HTTP/2 frames. Two
+                // TLS records (chained in one segment, or at two segment starts) make it TLS
+                // beyond reasonable doubt — a cleartext body starting so by chance is ~1 in
+                // 10^13 — and three HTTP/2 frames make it HTTP/2 (a frame header is looser:
+                // binary bodies have runs of small numbers). Then the stream is not searched
+                // any further.
+                let tls = tls_records.saturating_add(tls_records_at(data));
+                let h2 = h2_frames.saturating_add(h2_frames_at(data));
+                let protocol = if tls >= 2 {
+                    Some("TLS")
+                } else if h2 >= 3 {
+                    Some("HTTP/2")
+                } else {
+                    None
+                };
+                if let Some(protocol) = protocol {
                     self.state = State::Broken;
                     return (
                         data.len(),
                         Step::Broken(Violation::ForeignProtocol {
-                            protocol: "TLS",
+                            protocol,
                             first_bytes: escape(&data[..data.len().min(16)]),
                         }),
                     );
                 }
-                self.state = State::Resync { tls_records: seen };
+                self.state = State::Resync {
+                    tls_records: tls,
+                    h2_frames: h2,
+                };
                 self.resync_step(data)
             }
         }
@@ -1707,6 +1791,65 @@ mod test {
         ]
         .map(tls_records_at);
         assert_eq!(counts, [1, 2, 0, 1, 0, 1]);
+    }
+
+    /// An HTTP/2 frame: `len` bytes of payload (filled with 0x5a) on `stream`.
+    fn h2_frame(kind: u8, flags: u8, stream: u32, len: usize) -> Vec<u8> {
+        let mut f = (len as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.resize(9 + len, 0x5a);
+        f
+    }
+
+    #[test]
+    fn h2_frames_are_counted_only_while_they_chain_and_look_like_a_proxys() {
+        let headers = h2_frame(1, 0x04, 5, 40);
+        let chain = [headers.clone(), h2_frame(0, 0x01, 5, 300)].concat();
+        let three = [h2_frame(8, 0, 0, 4), h2_frame(6, 0, 0, 8), headers.clone()].concat();
+        let broken = [headers.clone(), b"HTTP/1.1 200 OK\r\n".to_vec()].concat();
+        let cases: [(&[u8], u8); 9] = [
+            (&headers, 1),
+            (&chain, 2),
+            (&three, 3),
+            (&broken, 0),
+            // A DATA frame spanning segments: its start counts.
+            (&h2_frame(0, 0, 7, 16_384)[..1448], 1),
+            // On an even (server-initiated) stream, on stream 0, or with an undefined flag.
+            (&h2_frame(1, 0x04, 4, 40), 0),
+            (&h2_frame(0, 0, 0, 40), 0),
+            (&h2_frame(3, 0x01, 5, 4), 0),
+            // Zeros and text are not frames.
+            (&[0u8; 64], 0),
+        ];
+        for (data, want) in cases {
+            assert_eq!(
+                h2_frames_at(data),
+                want,
+                "{:02x?}",
+                &data[..9.min(data.len())]
+            );
+        }
+        assert_eq!(h2_frames_at(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+    }
+
+    #[test]
+    fn a_resyncing_stream_of_h2_frames_is_foreign_after_three() {
+        let mut p = Parser::new(Role::Response, &Limits::default());
+        p.resync();
+        let (_, first) = p.step(&[h2_frame(1, 0x04, 9, 60), h2_frame(0, 0, 9, 500)].concat());
+        let (_, second) = p.step(&h2_frame(8, 0, 0, 4));
+        assert!(matches!(first, Step::Skipped(_)), "{first:?}");
+        assert!(
+            matches!(
+                second,
+                Step::Broken(Violation::ForeignProtocol {
+                    protocol: "HTTP/2",
+                    ..
+                })
+            ),
+            "{second:?}"
+        );
     }
 
     #[test]

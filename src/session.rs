@@ -463,8 +463,8 @@ impl Session {
         );
     }
 
-    /// A stream picked up mid-stream (or resynchronising after a gap) carries TLS records:
-    /// the leg is encrypted. Said once for the connection, as a warning (nothing shows that
+    /// A stream picked up mid-stream (or resynchronising after a gap) carries TLS records
+    /// (the leg is encrypted) or HTTP/2 frames. Said once for the connection, as a warning (nothing shows that
     /// the two ends disagree), with no exchange invented; neither direction is searched
     /// for HTTP any further, and no verdict rests on them.
     fn foreign_midstream(
@@ -481,9 +481,15 @@ impl Session {
         if std::mem::replace(&mut self.foreign_midstream, true) {
             return;
         }
-        let msg = format!(
-            "the {side}'s bytes on this connection are {protocol} records (the capture began after the connection was opened): this backend leg is encrypted, and gatescope reads only cleartext HTTP/1.x, so its requests and responses are not analysed (capture where the leg is cleartext, e.g. behind the TLS terminator)"
-        );
+        let msg = if protocol == "HTTP/2" {
+            format!(
+                "the {side}'s bytes on this connection are HTTP/2 frames (the capture began after the connection was opened): this backend leg speaks cleartext HTTP/2 (h2c), and gatescope reads only HTTP/1.x, so its requests and responses are not analysed (tshark -d tcp.port==PORT,http2 reads it; or capture a leg the proxy speaks HTTP/1.x on)"
+            )
+        } else {
+            format!(
+                "the {side}'s bytes on this connection are {protocol} records (the capture began after the connection was opened): this backend leg is encrypted, and gatescope reads only cleartext HTTP/1.x, so its requests and responses are not analysed (capture where the leg is cleartext, e.g. behind the TLS terminator)"
+            )
+        };
         self.em.finding(
             ctx,
             Kind::UnsupportedProtocol,

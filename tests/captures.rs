@@ -480,6 +480,61 @@ fn an_encrypted_leg_picked_up_mid_stream_is_named_once() {
     );
 }
 
+/// The same for a cleartext HTTP/2 leg (Envoy or a gRPC client to its backend, h2c): the
+/// capture sees HEADERS, DATA and WINDOW_UPDATE frames, never a request line. Named once as
+/// HTTP/2, and nothing else is said about it.
+#[test]
+fn an_h2c_leg_picked_up_mid_stream_is_named_once_as_http2() {
+    use gatescope::synth::Conversation;
+    let frame = |kind: u8, flags: u8, stream: u32, len: usize| {
+        let mut f = (len as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.resize(9 + len, 0x41);
+        f
+    };
+    let mut c = Conversation::new(
+        "10.0.0.1:40000".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.skip(true, 5_000).skip(false, 90_000);
+    for stream in [101u32, 103, 105] {
+        // A gRPC call: request HEADERS + DATA, response HEADERS + DATA + trailers.
+        c.client_send(&[frame(1, 0x04, stream, 60), frame(0, 0x01, stream, 120)].concat())
+            .advance(1_000);
+        c.server_send(
+            &[
+                frame(1, 0x04, stream, 30),
+                frame(0, 0, stream, 2_000),
+                frame(1, 0x05, stream, 20),
+            ]
+            .concat(),
+        )
+        .advance(1_000);
+        c.client_send(&frame(8, 0, 0, 4)).advance(1_000);
+    }
+    let (_dir, path) = write_conversation(c);
+    let (code, recs, _) = analyze_json(&[&path], &["--backend", "8080"]);
+    let findings: Vec<String> = of_type(&recs, "finding")
+        .iter()
+        .map(|f| {
+            format!(
+                "{} {} {} {}",
+                f["kind"], f["severity"], f["evidence"]["protocol"], f["evidence"]["midstream"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        (code, findings, of_type(&recs, "exchange").len()),
+        (
+            0,
+            vec![r#""unsupported_protocol" "warning" "HTTP/2" true"#.to_string()],
+            0
+        )
+    );
+}
+
 #[test]
 fn a_cleartext_answer_to_the_proxys_tls_handshake_is_a_protocol_mismatch() {
     // proxy_pass https:// to a plain-HTTP backend: the ClientHello gets a 400 in cleartext.
