@@ -329,7 +329,7 @@ impl Kind {
             Kind::KeepaliveRace => h(
                 "upstream prematurely closed connection / recv() failed (104: Connection reset by peer) while reading response header from upstream (retried once if idempotent)",
                 502,
-                "SH (or a silent close, no log)",
+                "SH, or a silent close",
                 "UC",
             ),
             Kind::ZeroWindow => h("(no log; transfer stalls, may end in a timeout)", 0, "sD", "-"),

@@ -200,6 +200,7 @@ pub const FIELDS: &[&str] = &[
     "evidence",
     "exchange",
     "exchanges",
+    "finding_times",
     "findings",
     "first_ts",
     "frame",

@@ -136,6 +136,7 @@ pub enum Observed {
         severity: Severity,
         low: bool,
         server: SocketAddr,
+        ts: Ts,
     },
     Exchange {
         server: SocketAddr,
@@ -156,6 +157,7 @@ impl Observed {
                 severity: f.severity,
                 low: f.confidence == crate::findings::Confidence::Low,
                 server: f.server,
+                ts: f.ts,
             },
             Record::Exchange(e) => Observed::Exchange {
                 server: e.server,
@@ -200,6 +202,9 @@ pub struct Summary {
     /// Findings by kind and the severity they were given (which depends on the case: an
     /// unsolicited response after a capture gap is only information).
     pub by_kind_severity: BTreeMap<(Kind, Severity), u64>,
+    /// The packet times of the first and the last finding of each (kind, severity): a
+    /// burst (a restart, a deploy) and a steady trickle read differently at 3 a.m.
+    pub finding_span: BTreeMap<(Kind, Severity), (Ts, Ts)>,
     pub by_severity: BTreeMap<Severity, u64>,
     pub low_confidence: u64,
     /// Hashed with FxHash, like the flow table: looked up once per record written, and the
@@ -237,9 +242,17 @@ impl Summary {
                 severity,
                 low,
                 server,
+                ts,
             } => {
                 *self.findings.entry(kind).or_default() += 1;
                 *self.by_kind_severity.entry((kind, severity)).or_default() += 1;
+                self.finding_span
+                    .entry((kind, severity))
+                    .and_modify(|(first, last)| {
+                        *first = (*first).min(ts);
+                        *last = (*last).max(ts);
+                    })
+                    .or_insert((ts, ts));
                 *self.by_severity.entry(severity).or_default() += 1;
                 if low {
                     self.low_confidence += 1;
@@ -352,6 +365,29 @@ impl Summary {
         v
     }
 
+    /// Per kind, the packet times of its first and last finding (whatever their severity).
+    fn finding_times(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut by_kind: BTreeMap<Kind, (Ts, Ts)> = BTreeMap::new();
+        for (&(kind, _), &(first, last)) in &self.finding_span {
+            by_kind
+                .entry(kind)
+                .and_modify(|(f, l)| {
+                    *f = (*f).min(first);
+                    *l = (*l).max(last);
+                })
+                .or_insert((first, last));
+        }
+        by_kind
+            .into_iter()
+            .map(|(k, (f, l))| {
+                (
+                    k.name().to_string(),
+                    serde_json::json!({"first": f.to_string(), "last": l.to_string()}),
+                )
+            })
+            .collect()
+    }
+
     /// The `"summary"` JSON record.
     pub fn to_json(&self) -> serde_json::Value {
         let backends: Vec<serde_json::Value> = self
@@ -378,6 +414,7 @@ impl Summary {
             "connections": self.connections,
             "exchanges": self.exchanges,
             "findings": self.findings.iter().map(|(k, n)| (k.name().to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
+            "finding_times": self.finding_times(),
             "errors": self.errors(),
             "warnings": self.by_severity.get(&Severity::Warning).copied().unwrap_or(0),
             "low_confidence": self.low_confidence,

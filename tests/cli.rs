@@ -450,3 +450,42 @@ fn a_capture_filter_that_matches_nothing_is_named_in_the_notes() {
         "exit {code}, notes {notes}"
     );
 }
+
+/// A backend refusing connections for a minute and a half (two captures, rotated): the
+/// summary says when the refusals began and when they stopped — what lines them up with a
+/// deploy or a restart — in the table and in the JSON summary.
+#[test]
+fn the_summary_says_when_each_kind_of_finding_began_and_ended() {
+    // 2026-01-15T10:00:00Z.
+    const T0: i64 = 1_768_471_200_000_000;
+    let refused_at = |port: u16, micros: i64| {
+        let mut c = gatescope::synth::Conversation::new(
+            format!("10.0.0.1:{port}").parse().expect("addr"),
+            "10.0.0.2:8080".parse().expect("addr"),
+            micros,
+        );
+        c.refused();
+        write_conversation(c)
+    };
+    let (_a, first) = refused_at(40001, T0);
+    let (_b, last) = refused_at(40002, T0 + 90_000_000);
+    let out = run(&["analyze", &first.to_string_lossy(), &last.to_string_lossy()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.contains("connect_refused"))
+        .unwrap_or_default();
+    assert!(row.contains("10:00:00–10:01:30"), "{text}");
+
+    let (_, recs, _) = analyze_json(&[&first, &last], &[]);
+    let times = &of_type(&recs, "summary")[0]["finding_times"]["connect_refused"];
+    assert_eq!(
+        (times["first"].as_str(), times["last"].as_str()),
+        (
+            // The refusing RST comes 210 µs after each SYN.
+            Some("2026-01-15T10:00:00.000210Z"),
+            Some("2026-01-15T10:01:30.000210Z")
+        ),
+        "{times}"
+    );
+}

@@ -85,6 +85,12 @@ fn feed_line(f: &Finding) -> String {
     )
 }
 
+/// The time of day to the second: 2026-11-24T01:42:31.123456Z -> 01:42:31.
+fn clock(t: Ts) -> String {
+    let s = t.to_string();
+    s.get(11..19).unwrap_or(&s).to_string()
+}
+
 fn short_time(t: Ts) -> String {
     // 2026-11-24T01:42:31.123456Z -> 01:42:31.123456
     let s = t.to_string();
@@ -109,7 +115,7 @@ const TARGET_COLUMN: usize = 48;
 
 /// Widest the summary's HAProxy and Envoy columns get (most entries are a two-letter
 /// termination state; a few explain themselves).
-const GATEWAY_COLUMN: usize = 36;
+const GATEWAY_COLUMN: usize = 28;
 
 fn table(b: Builder) -> String {
     table_with(b, |_| {})
@@ -204,8 +210,17 @@ impl<W: Write + Send> Output for TableReport<W> {
         )?;
         if !s.findings.is_empty() {
             let mut b = Builder::default();
-            b.push_record(["finding", "severity", "count", "nginx", "HAProxy", "Envoy"]);
+            b.push_record([
+                "finding", "severity", "count", "when", "nginx", "HAProxy", "Envoy",
+            ]);
             for (&(k, sev), n) in &s.by_kind_severity {
+                let when = match s.finding_span.get(&(k, sev)) {
+                    Some(&(first, last)) if clock(first) != clock(last) => {
+                        format!("{}–{}", clock(first), clock(last))
+                    }
+                    Some(&(first, _)) => clock(first),
+                    None => "-".into(),
+                };
                 let h = k.hint();
                 let nginx = if h.nginx_status > 0 {
                     h.nginx_status.to_string()
@@ -216,6 +231,7 @@ impl<W: Write + Send> Output for TableReport<W> {
                     k.name().to_string(),
                     sev.as_str().to_string(),
                     n.to_string(),
+                    when,
                     nginx,
                     h.haproxy.to_string(),
                     h.envoy.to_string(),
@@ -223,7 +239,7 @@ impl<W: Write + Send> Output for TableReport<W> {
             }
             let wrapped = table_with(b, |t| {
                 t.modify(
-                    Columns::new(4..6),
+                    Columns::new(5..7),
                     Width::wrap(GATEWAY_COLUMN).keep_words(true),
                 );
             });
