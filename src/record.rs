@@ -234,6 +234,7 @@ pub const FIELDS: &[&str] = &[
     "target",
     "tcp",
     "ts",
+    "timeouts",
     "total_ms",
     "ttfb_ms",
     "type",

@@ -127,6 +127,129 @@ pub struct ReadStats {
     pub interface_dropped: Option<u64>,
 }
 
+/// A timer that ends exchanges, read off the findings it causes: when most of them ran the
+/// same time, that time names a setting — the backend closing requests 30 s after they came
+/// is a worker timeout (Gunicorn's default), the proxy giving up after 60 s of silence its
+/// read timeout (nginx's default). A crash or an abort has no such regularity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Timer {
+    /// The backend closed or reset the connection before answering:
+    /// `closed_before_response` and `reset_before_response`, timed from the request.
+    BackendClose,
+    /// The proxy gave up waiting: `abandoned_by_client`, timed from the backend's last byte
+    /// (or the request).
+    ProxyGaveUp,
+}
+
+/// Timers shorter than this are not timeouts anyone sets (an immediate rejection, an abort).
+const MIN_TIMER_MS: f64 = 1000.0;
+
+/// Runs of a timer kept for the median; the first ones (in output order, so the same for
+/// any thread count).
+const MAX_TIMER_SAMPLES: usize = 1024;
+
+impl Timer {
+    fn of(
+        kind: Kind,
+        evidence: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<(Timer, f64)> {
+        let (timer, field) = match kind {
+            Kind::ClosedBeforeResponse | Kind::ResetBeforeResponse => {
+                (Timer::BackendClose, "after_request_ms")
+            }
+            Kind::AbandonedByClient => (Timer::ProxyGaveUp, "idle_before_close_ms"),
+            _ => return None,
+        };
+        evidence
+            .get(field)
+            .and_then(serde_json::Value::as_f64)
+            .map(|ms| (timer, ms))
+    }
+
+    fn kinds(self) -> &'static str {
+        match self {
+            Timer::BackendClose => "closed_before_response, reset_before_response",
+            Timer::ProxyGaveUp => "abandoned_by_client",
+        }
+    }
+
+    /// What one run's end is, in words (plural).
+    fn ends(self) -> &'static str {
+        match self {
+            Timer::BackendClose => "backend closes before any response byte",
+            Timer::ProxyGaveUp => "proxy give-ups",
+        }
+    }
+}
+
+/// A bounded sample of a timer's runs.
+#[derive(Clone, Debug, Default)]
+pub struct Samples {
+    ms: Vec<f64>,
+    /// Runs in all (beyond the sample too).
+    pub n: u64,
+}
+
+impl Samples {
+    fn add(&mut self, ms: f64) {
+        self.n += 1;
+        if self.ms.len() < MAX_TIMER_SAMPLES {
+            self.ms.push(ms);
+        }
+    }
+
+    /// The time most runs took, if three or more and at least three in four of them lie
+    /// within 5 % of their median, and it is long enough to be a setting: (median, runs
+    /// near it, runs sampled).
+    fn regular(&self) -> Option<(f64, usize, usize)> {
+        let mut v = self.ms.clone();
+        if v.len() < 3 {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let median = v[v.len() / 2];
+        if median < MIN_TIMER_MS {
+            return None;
+        }
+        let near = v
+            .iter()
+            .filter(|&&x| (x - median).abs() <= median * 0.05)
+            .count();
+        (near * 4 >= v.len() * 3).then_some((median, near, v.len()))
+    }
+}
+
+/// What a timer that ran `ms` most likely is, with the defaults that match.
+fn timer_meaning(t: Timer, ms: f64) -> String {
+    let near = |s: f64| (ms - s * 1000.0).abs() <= s * 1000.0 * 0.05;
+    match t {
+        Timer::BackendClose => {
+            let known = if near(30.0) {
+                " — 30 s is Gunicorn's default --timeout"
+            } else if near(60.0) {
+                " — 60 s is the default of Puma's worker_timeout and Unicorn's timeout"
+            } else {
+                ""
+            };
+            format!(
+                "a timer in the backend ends requests that take this long: a request timeout or a worker watchdog (Gunicorn --timeout, uWSGI harakiri, PHP-FPM request_terminate_timeout, Puma worker_timeout){known}; raise it or make those requests faster"
+            )
+        }
+        Timer::ProxyGaveUp => {
+            let known = if near(60.0) {
+                " — 60 s is nginx's default proxy_read_timeout (and an AWS ALB's idle timeout)"
+            } else if near(15.0) {
+                " — 15 s is Envoy's default route timeout"
+            } else {
+                ""
+            };
+            format!(
+                "the proxy's read timeout is this long (nginx proxy_read_timeout, HAProxy timeout server, Envoy's route timeout){known}; the backend needs longer than that for these requests"
+            )
+        }
+    }
+}
+
 /// What the summary counts of a record: small and without heap data, so that worker
 /// threads can hand it over instead of the record.
 #[derive(Clone, Copy, Debug)]
@@ -137,6 +260,8 @@ pub enum Observed {
         low: bool,
         server: SocketAddr,
         ts: Ts,
+        /// For the kinds a timer ends (see [`Timer`]), how long it ran.
+        timer: Option<(Timer, f64)>,
     },
     Exchange {
         server: SocketAddr,
@@ -158,6 +283,7 @@ impl Observed {
                 low: f.confidence == crate::findings::Confidence::Low,
                 server: f.server,
                 ts: f.ts,
+                timer: Timer::of(f.kind, &f.evidence),
             },
             Record::Exchange(e) => Observed::Exchange {
                 server: e.server,
@@ -205,6 +331,8 @@ pub struct Summary {
     /// The packet times of the first and the last finding of each (kind, severity): a
     /// burst (a restart, a deploy) and a steady trickle read differently at 3 a.m.
     pub finding_span: BTreeMap<(Kind, Severity), (Ts, Ts)>,
+    /// How long the timers that end exchanges ran (see [`Timer`]).
+    pub timers: BTreeMap<Timer, Samples>,
     pub by_severity: BTreeMap<Severity, u64>,
     pub low_confidence: u64,
     /// Hashed with FxHash, like the flow table: looked up once per record written, and the
@@ -216,6 +344,17 @@ pub struct Summary {
     pub input_errors: Vec<String>,
     /// Lines worth a user's attention about the run itself (drops, limits).
     pub warnings: Vec<String>,
+}
+
+/// A timer that ran about the same time in most of its runs.
+#[derive(Clone, Debug)]
+pub struct TimerPattern {
+    pub timer: Timer,
+    pub median_ms: f64,
+    /// Runs within 5 % of the median, of those sampled.
+    pub near: usize,
+    pub sampled: usize,
+    pub message: String,
 }
 
 /// Distinct backends tracked in the summary; more are folded into the last one.
@@ -243,7 +382,11 @@ impl Summary {
                 low,
                 server,
                 ts,
+                timer,
             } => {
+                if let Some((t, ms)) = timer {
+                    self.timers.entry(t).or_default().add(ms);
+                }
                 *self.findings.entry(kind).or_default() += 1;
                 *self.by_kind_severity.entry((kind, severity)).or_default() += 1;
                 self.finding_span
@@ -388,6 +531,35 @@ impl Summary {
             .collect()
     }
 
+    /// Timers that ran about the same time in most of their runs (see [`Timer`]): what,
+    /// how long, and what it most likely is.
+    pub fn timer_patterns(&self) -> Vec<TimerPattern> {
+        self.timers
+            .iter()
+            .filter_map(|(&t, s)| {
+                let (median, near, sampled) = s.regular()?;
+                let message = format!(
+                    "{near} of {sampled} {} ({}) came {:.1} s after {}: {}",
+                    t.ends(),
+                    t.kinds(),
+                    median / 1000.0,
+                    match t {
+                        Timer::BackendClose => "their request",
+                        Timer::ProxyGaveUp => "the backend last sent anything",
+                    },
+                    timer_meaning(t, median)
+                );
+                Some(TimerPattern {
+                    timer: t,
+                    median_ms: median,
+                    near,
+                    sampled,
+                    message,
+                })
+            })
+            .collect()
+    }
+
     /// The `"summary"` JSON record.
     pub fn to_json(&self) -> serde_json::Value {
         let backends: Vec<serde_json::Value> = self
@@ -415,6 +587,14 @@ impl Summary {
             "exchanges": self.exchanges,
             "findings": self.findings.iter().map(|(k, n)| (k.name().to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
             "finding_times": self.finding_times(),
+            "timeouts": self.timer_patterns().iter().map(|p| serde_json::json!({
+                "timer": match p.timer { Timer::BackendClose => "backend_close", Timer::ProxyGaveUp => "proxy_gave_up" },
+                "kinds": p.timer.kinds(),
+                "median_ms": p.median_ms,
+                "near_median": p.near,
+                "sampled": p.sampled,
+                "message": p.message,
+            })).collect::<Vec<_>>(),
             "errors": self.errors(),
             "warnings": self.by_severity.get(&Severity::Warning).copied().unwrap_or(0),
             "low_confidence": self.low_confidence,

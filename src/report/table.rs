@@ -291,6 +291,17 @@ impl<W: Write + Send> Output for TableReport<W> {
         for n in notes {
             writeln!(w, "note: {n}")?;
         }
+        let timers = s.timer_patterns();
+        if !timers.is_empty() {
+            writeln!(w, "\ntimeouts:")?;
+            for t in &timers {
+                let text = tabled::settings::width::Wrap::wrap(&t.message, 96, true);
+                for (i, line) in text.lines().map(str::trim).enumerate() {
+                    let lead = if i == 0 { "  " } else { "    " };
+                    writeln!(w, "{lead}{line}")?;
+                }
+            }
+        }
         if !s.findings.is_empty() {
             write_next_steps(w, s)?;
         }

@@ -1,0 +1,126 @@
+//! A timer behind the failures: when most of the backend's early closes (or the proxy's
+//! give-ups) come the same time after the request, the summary names that time and the
+//! setting it most likely is. Each test is one capture of several connections and what the
+//! summary says.
+
+mod common;
+use common::*;
+use gatescope::synth::{Conversation, LinkType, PcapWriter};
+use std::path::PathBuf;
+
+const T0: i64 = 1_700_000_000_000_000;
+const SEC: i64 = 1_000_000;
+
+/// One connection from client port `port`, starting `start` µs after T0: a GET, then
+/// `after` µs of silence, then `end` closes it.
+fn failing(port: u16, start: i64, after: i64, end: fn(&mut Conversation)) -> Conversation {
+    let mut c = Conversation::new(
+        format!("10.0.0.1:{port}").parse().expect("addr"),
+        "10.0.0.2:8000".parse().expect("addr"),
+        T0 + start,
+    );
+    c.handshake()
+        .client_send(b"GET /report HTTP/1.1\r\nHost: app\r\n\r\n")
+        .advance(after);
+    end(&mut c);
+    c
+}
+
+fn backend_closes(c: &mut Conversation) {
+    c.server_fin().advance(1_000).client_fin();
+}
+
+fn proxy_gives_up(c: &mut Conversation) {
+    c.client_fin().advance(1_000).server_rst();
+}
+
+/// The conversations, interleaved by time, as one pcap.
+fn capture(convs: Vec<Conversation>) -> (tempfile::TempDir, PathBuf) {
+    let mut packets: Vec<(i64, Vec<u8>)> =
+        convs.into_iter().flat_map(|c| c.into_packets()).collect();
+    packets.sort_by_key(|p| p.0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("timeouts.pcap");
+    let file = std::fs::File::create(&path).expect("create");
+    let mut w = PcapWriter::new(file, LinkType::Ethernet).expect("pcap");
+    w.write_packets(&packets).expect("write");
+    drop(w);
+    (dir, path)
+}
+
+fn timeouts(convs: Vec<Conversation>) -> Vec<String> {
+    let (_d, p) = capture(convs);
+    let (_, recs, _) = analyze_json(&[&p], &[]);
+    of_type(&recs, "summary")[0]["timeouts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| t["message"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Gunicorn kills a worker 30 s into a request (its default --timeout): five requests, five
+/// closes, 30 s after each request.
+#[test]
+fn backend_closes_30_s_after_each_request_are_named_as_a_worker_timeout() {
+    let convs = (0..5)
+        .map(|i| {
+            failing(
+                41_000 + i,
+                i64::from(i) * 7 * SEC,
+                30 * SEC + i64::from(i) * 20_000,
+                backend_closes,
+            )
+        })
+        .collect();
+    let t = timeouts(convs);
+    assert!(
+        t.len() == 1 && t[0].starts_with("5 of 5 backend closes before any response byte (closed_before_response, reset_before_response) came 30.0 s after their request") && t[0].contains("Gunicorn's default --timeout"),
+        "{t:?}"
+    );
+}
+
+/// nginx gives up after 60 s without a byte (its default proxy_read_timeout).
+#[test]
+fn proxy_closes_60_s_into_each_wait_are_named_as_its_read_timeout() {
+    let convs = (0..4)
+        .map(|i| failing(42_000 + i, i64::from(i) * 5 * SEC, 60 * SEC, proxy_gives_up))
+        .collect();
+    let t = timeouts(convs);
+    assert!(
+        t.len() == 1
+            && t[0].starts_with("4 of 4 proxy give-ups (abandoned_by_client) came 60.0 s after")
+            && t[0].contains("nginx's default proxy_read_timeout"),
+        "{t:?}"
+    );
+}
+
+/// Crashes come whenever: no timer to name.
+#[test]
+fn backend_closes_at_scattered_times_name_no_timer() {
+    let convs = [1_200_000, 7 * SEC, 15 * SEC, 22 * SEC, 41 * SEC]
+        .into_iter()
+        .enumerate()
+        .map(|(i, after)| failing(43_000 + i as u16, i as i64 * SEC, after, backend_closes))
+        .collect();
+    assert_eq!(timeouts(convs), Vec::<String>::new());
+}
+
+/// The table prints the same under "timeouts:".
+#[test]
+fn the_table_lists_the_timer_above_what_to_check_next() {
+    let convs = (0..3)
+        .map(|i| failing(44_000 + i, i64::from(i) * SEC, 30 * SEC, backend_closes))
+        .collect();
+    let (_d, p) = capture(convs);
+    let out = run(&["analyze", &p.to_string_lossy()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let timeouts = text.find("\ntimeouts:\n  3 of 3 backend closes before any response byte");
+    let next = text.find("what to check next:");
+    assert!(
+        matches!((timeouts, next), (Some(a), Some(b)) if a < b),
+        "{text}"
+    );
+}
