@@ -545,7 +545,7 @@ impl Summary {
                     median / 1000.0,
                     match t {
                         Timer::BackendClose => "their request",
-                        Timer::ProxyGaveUp => "the backend last sent anything",
+                        Timer::ProxyGaveUp => "the backend's last byte (or the request, before any)",
                     },
                     timer_meaning(t, median)
                 );

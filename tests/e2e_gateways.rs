@@ -197,6 +197,18 @@ const CASES: &[Case] = &[
         "/fault/slow-first-byte?ms=3000",
         &["abandoned_by_client", "slow_first_byte"],
     ),
+    // Twice more (other paths, same fault): three give-ups at the gateway's read timeout,
+    // which the summary must name as a timer of that length (see `check_timeouts`).
+    get(
+        "slow-first-byte 3 s, second request",
+        "/fault/slow-first-byte/2?ms=3000",
+        &["abandoned_by_client", "slow_first_byte"],
+    ),
+    get(
+        "slow-first-byte 3 s, third request",
+        "/fault/slow-first-byte/3?ms=3000",
+        &["abandoned_by_client", "slow_first_byte"],
+    ),
     // gatescope's default --slow-first-byte is 1 s.
     get(
         "slow-first-byte 1.5 s (< gateway timeout)",
@@ -588,6 +600,7 @@ fn run_gateway(gw: Gateway, env: &Env) -> Result<Run, Skip> {
 
     if let (Some(records), Some(f)) = (&records, &findings) {
         check(&mut run, f, records);
+        check_timeouts(&mut run, records);
     }
     if let (Some(live), Some(offline)) = (&findings, &offline) {
         let a = live.kind_keys();
@@ -704,6 +717,39 @@ fn check(run: &mut Run, findings: &Findings, records: &[Value]) {
     if !records.iter().any(|r| r["type"] == "summary") {
         run.failures
             .push("gatescope printed no summary record".to_string());
+    }
+}
+
+/// The three requests that outwait the gateway's read timeout: gatescope's summary must name
+/// a proxy timer of that length (2 s), as the gateway's configuration has it.
+fn check_timeouts(run: &mut Run, records: &[Value]) {
+    let want_ms = GATEWAY_READ_TIMEOUT
+        .trim_end_matches('s')
+        .parse::<f64>()
+        .unwrap_or(0.0)
+        * 1000.0;
+    let timeouts = records
+        .iter()
+        .find(|r| r["type"] == "summary")
+        .map(|s| s["timeouts"].clone())
+        .unwrap_or_default();
+    let named = timeouts.as_array().and_then(|a| {
+        a.iter().find(|t| {
+            t["timer"] == "proxy_gave_up"
+                && t["median_ms"]
+                    .as_f64()
+                    .is_some_and(|m| (m - want_ms).abs() <= want_ms * 0.05)
+        })
+    });
+    if let Some(t) = named {
+        run.notes.push(format!(
+            "summary timeouts: {}",
+            t["message"].as_str().unwrap_or("")
+        ));
+    } else {
+        run.failures.push(format!(
+            "the summary names no proxy timer of {want_ms} ms (the gateway's read timeout): timeouts {timeouts}"
+        ));
     }
 }
 
