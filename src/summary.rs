@@ -139,6 +139,10 @@ pub enum Timer {
     /// The proxy gave up waiting: `abandoned_by_client`, timed from the backend's last byte
     /// (or the request).
     ProxyGaveUp,
+    /// The backend closed an idle keep-alive connection as the proxy reused it:
+    /// `keepalive_race`, timed from the end of the connection's previous exchange to the
+    /// backend's close (its keep-alive timeout).
+    BackendIdleClose,
 }
 
 /// Timers shorter than this are not timeouts anyone sets (an immediate rejection, an abort).
@@ -158,6 +162,21 @@ impl Timer {
                 (Timer::BackendClose, "after_request_ms")
             }
             Kind::AbandonedByClient => (Timer::ProxyGaveUp, "idle_before_close_ms"),
+            Kind::KeepaliveRace => {
+                // Idle before the request, less the close's lead on it (or plus its lag,
+                // when the close crossed the request).
+                let ms = |f: &str| evidence.get(f).and_then(serde_json::Value::as_f64);
+                let idle = ms("idle_before_request_ms")?;
+                let at_close = match (
+                    ms("server_close_before_request_ms"),
+                    ms("server_close_after_request_ms"),
+                ) {
+                    (Some(before), _) => idle - before,
+                    (None, Some(after)) => idle + after,
+                    (None, None) => return None,
+                };
+                return Some((Timer::BackendIdleClose, at_close));
+            }
             _ => return None,
         };
         evidence
@@ -170,6 +189,7 @@ impl Timer {
         match self {
             Timer::BackendClose => "closed_before_response, reset_before_response",
             Timer::ProxyGaveUp => "abandoned_by_client",
+            Timer::BackendIdleClose => "keepalive_race",
         }
     }
 
@@ -178,6 +198,7 @@ impl Timer {
         match self {
             Timer::BackendClose => "backend closes before any response byte",
             Timer::ProxyGaveUp => "proxy give-ups",
+            Timer::BackendIdleClose => "backend closes of a keep-alive connection the proxy reused",
         }
     }
 }
@@ -245,6 +266,22 @@ fn timer_meaning(t: Timer, ms: f64) -> String {
             };
             format!(
                 "the proxy's read timeout is this long (nginx proxy_read_timeout, HAProxy timeout server, Envoy's route timeout){known}; the backend needs longer than that for these requests"
+            )
+        }
+        Timer::BackendIdleClose => {
+            let known = if near(5.0) {
+                " — 5 s is the default of Node.js's keepAliveTimeout and Apache's KeepAliveTimeout"
+            } else if near(2.0) {
+                " — 2 s is Gunicorn's default --keep-alive"
+            } else if near(20.0) {
+                " — 20 s is Puma's persistent_timeout"
+            } else if near(75.0) {
+                " — 75 s is nginx's default keepalive_timeout"
+            } else {
+                ""
+            };
+            format!(
+                "the backend's keep-alive timeout is this long{known}; make it longer than the proxy's idle timeout for upstream connections (nginx keepalive_timeout in the upstream block, 60 s by default; an AWS ALB's 60 s idle timeout), or the proxy's shorter"
             )
         }
     }
@@ -545,7 +582,9 @@ impl Summary {
                     median / 1000.0,
                     match t {
                         Timer::BackendClose => "their request",
-                        Timer::ProxyGaveUp => "the backend's last byte (or the request, before any)",
+                        Timer::ProxyGaveUp =>
+                            "the backend's last byte (or the request, before any)",
+                        Timer::BackendIdleClose => "the connection's previous exchange",
                     },
                     timer_meaning(t, median)
                 );
@@ -588,7 +627,11 @@ impl Summary {
             "findings": self.findings.iter().map(|(k, n)| (k.name().to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
             "finding_times": self.finding_times(),
             "timeouts": self.timer_patterns().iter().map(|p| serde_json::json!({
-                "timer": match p.timer { Timer::BackendClose => "backend_close", Timer::ProxyGaveUp => "proxy_gave_up" },
+                "timer": match p.timer {
+                    Timer::BackendClose => "backend_close",
+                    Timer::ProxyGaveUp => "proxy_gave_up",
+                    Timer::BackendIdleClose => "backend_idle_close",
+                },
                 "kinds": p.timer.kinds(),
                 "median_ms": p.median_ms,
                 "near_median": p.near,

@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use gatescope::synth::{Conversation, LinkType, PcapWriter};
+use gatescope::synth::{Conversation, LinkType, PcapWriter, TcpFlags};
 use std::path::PathBuf;
 
 const T0: i64 = 1_700_000_000_000_000;
@@ -93,6 +93,45 @@ fn proxy_closes_60_s_into_each_wait_are_named_as_its_read_timeout() {
         t.len() == 1
             && t[0].starts_with("4 of 4 proxy give-ups (abandoned_by_client) came 60.0 s after")
             && t[0].contains("nginx's default proxy_read_timeout"),
+        "{t:?}"
+    );
+}
+
+/// A Node.js backend closes keep-alive connections idle for 5 s (its default
+/// keepAliveTimeout) just as nginx reuses them: three races, each close 5 s after the
+/// connection's previous exchange.
+#[test]
+fn keepalive_races_at_5_s_of_idle_are_named_as_the_backends_keepalive_timeout() {
+    let convs = (0..3u16)
+        .map(|i| {
+            let mut c = Conversation::new(
+                format!("10.0.0.1:{}", 45_000 + i).parse().expect("addr"),
+                "10.0.0.2:3000".parse().expect("addr"),
+                T0 + i64::from(i) * 11 * SEC,
+            );
+            c.handshake()
+                .client_send(b"GET /a HTTP/1.1\r\nHost: app\r\n\r\n")
+                .advance(2_000)
+                .server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .advance(5 * SEC);
+            // The backend's FIN is in flight when the proxy's next request goes out; the
+            // request is answered with a reset.
+            let fin_at = c.sent(false);
+            c.fin(false, false).advance(300);
+            let req = b"GET /b HTTP/1.1\r\nHost: app\r\n\r\n";
+            let at = c.sent(true);
+            c.raw_segment(true, at, req, TcpFlags::ACK | TcpFlags::PSH)
+                .skip(true, req.len() as u64)
+                .advance(150);
+            c.raw_segment(false, fin_at, &[], TcpFlags::RST);
+            c
+        })
+        .collect();
+    let t = timeouts(convs);
+    assert!(
+        t.len() == 1
+            && t[0].starts_with("3 of 3 backend closes of a keep-alive connection the proxy reused (keepalive_race) came 5.0 s after the connection's previous exchange")
+            && t[0].contains("Node.js's keepAliveTimeout"),
         "{t:?}"
     );
 }
