@@ -240,51 +240,71 @@ impl Samples {
     }
 }
 
-/// What a timer that ran `ms` most likely is, with the defaults that match.
+/// Well-known defaults of each timer's length: named when a timer ran within 5 % of one.
+const KNOWN_TIMERS: &[(Timer, f64, &str)] = &[
+    (
+        Timer::BackendClose,
+        30.0,
+        "30 s is Gunicorn's default --timeout",
+    ),
+    (
+        Timer::BackendClose,
+        60.0,
+        "60 s is the default of Puma's worker_timeout and Unicorn's timeout",
+    ),
+    (
+        Timer::ProxyGaveUp,
+        60.0,
+        "60 s is nginx's default proxy_read_timeout (and an AWS ALB's idle timeout)",
+    ),
+    (
+        Timer::ProxyGaveUp,
+        15.0,
+        "15 s is Envoy's default route timeout",
+    ),
+    (
+        Timer::BackendIdleClose,
+        5.0,
+        "5 s is the default of Node.js's keepAliveTimeout and Apache's KeepAliveTimeout",
+    ),
+    (
+        Timer::BackendIdleClose,
+        2.0,
+        "2 s is Gunicorn's default --keep-alive",
+    ),
+    (
+        Timer::BackendIdleClose,
+        20.0,
+        "20 s is Puma's persistent_timeout",
+    ),
+    (
+        Timer::BackendIdleClose,
+        75.0,
+        "75 s is nginx's default keepalive_timeout",
+    ),
+];
+
+/// What a timer that ran `ms` most likely is, the default it matches, and what to do.
 fn timer_meaning(t: Timer, ms: f64) -> String {
-    let near = |s: f64| (ms - s * 1000.0).abs() <= s * 1000.0 * 0.05;
-    match t {
-        Timer::BackendClose => {
-            let known = if near(30.0) {
-                " — 30 s is Gunicorn's default --timeout"
-            } else if near(60.0) {
-                " — 60 s is the default of Puma's worker_timeout and Unicorn's timeout"
-            } else {
-                ""
-            };
-            format!(
-                "a timer in the backend ends requests that take this long: a request timeout or a worker watchdog (Gunicorn --timeout, uWSGI harakiri, PHP-FPM request_terminate_timeout, Puma worker_timeout){known}; raise it or make those requests faster"
-            )
-        }
-        Timer::ProxyGaveUp => {
-            let known = if near(60.0) {
-                " — 60 s is nginx's default proxy_read_timeout (and an AWS ALB's idle timeout)"
-            } else if near(15.0) {
-                " — 15 s is Envoy's default route timeout"
-            } else {
-                ""
-            };
-            format!(
-                "the proxy's read timeout is this long (nginx proxy_read_timeout, HAProxy timeout server, Envoy's route timeout){known}; the backend needs longer than that for these requests"
-            )
-        }
-        Timer::BackendIdleClose => {
-            let known = if near(5.0) {
-                " — 5 s is the default of Node.js's keepAliveTimeout and Apache's KeepAliveTimeout"
-            } else if near(2.0) {
-                " — 2 s is Gunicorn's default --keep-alive"
-            } else if near(20.0) {
-                " — 20 s is Puma's persistent_timeout"
-            } else if near(75.0) {
-                " — 75 s is nginx's default keepalive_timeout"
-            } else {
-                ""
-            };
-            format!(
-                "the backend's keep-alive timeout is this long{known}; make it longer than the proxy's idle timeout for upstream connections (nginx keepalive_timeout in the upstream block, 60 s by default; an AWS ALB's 60 s idle timeout), or the proxy's shorter"
-            )
-        }
-    }
+    let known = KNOWN_TIMERS
+        .iter()
+        .find(|&&(k, s, _)| k == t && (ms - s * 1000.0).abs() <= s * 1000.0 * 0.05)
+        .map_or(String::new(), |(_, _, what)| format!(" — {what}"));
+    let (what, advice) = match t {
+        Timer::BackendClose => (
+            "a timer in the backend ends requests that take this long: a request timeout or a worker watchdog (Gunicorn --timeout, uWSGI harakiri, PHP-FPM request_terminate_timeout, Puma worker_timeout)",
+            "raise it or make those requests faster",
+        ),
+        Timer::ProxyGaveUp => (
+            "the proxy's read timeout is this long (nginx proxy_read_timeout, HAProxy timeout server, Envoy's route timeout)",
+            "the backend needs longer than that for these requests",
+        ),
+        Timer::BackendIdleClose => (
+            "the backend's keep-alive timeout is this long",
+            "make it longer than the proxy's idle timeout for upstream connections (nginx keepalive_timeout in the upstream block, 60 s by default; an AWS ALB's 60 s idle timeout), or the proxy's shorter",
+        ),
+    };
+    format!("{what}{known}; {advice}")
 }
 
 /// What the summary counts of a record: small and without heap data, so that worker

@@ -45,20 +45,22 @@ fn pair(kind: &str, severity: &str) -> (String, String) {
     (kind.to_string(), severity.to_string())
 }
 
+/// The early answer, and the write it broke: exit 1.
+fn early_answer_and_broken_write() -> (i32, Vec<(String, String)>) {
+    (
+        1,
+        vec![
+            pair("early_response", "warning"),
+            pair("reset_during_request", "error"),
+        ],
+    )
+}
+
 #[test]
 fn an_early_413_then_a_reset_with_the_body_unsent_is_an_error() {
     let mut c = upload();
     c.server_send(ANSWER_413).advance(50).server_rst();
-    assert_eq!(
-        findings(c),
-        (
-            1,
-            vec![
-                pair("early_response", "warning"),
-                pair("reset_during_request", "error")
-            ]
-        )
-    );
+    assert_eq!(findings(c), early_answer_and_broken_write());
 }
 
 /// The backend drained what had arrived and closed (FIN); the proxy writes on, and the
@@ -68,16 +70,7 @@ fn an_early_413_then_a_fin_and_the_kernels_reset_to_the_next_bytes_is_an_error()
     let mut c = upload();
     c.server_send(ANSWER_413).server_fin().advance(50);
     c.client_send(&[b'u'; 3_000]).server_rst();
-    assert_eq!(
-        findings(c),
-        (
-            1,
-            vec![
-                pair("early_response", "warning"),
-                pair("reset_during_request", "error")
-            ]
-        )
-    );
+    assert_eq!(findings(c), early_answer_and_broken_write());
 }
 
 /// The proxy read the 413, stopped sending and closed: the reset that answers its close

@@ -61,6 +61,15 @@ fn timeouts(convs: Vec<Conversation>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The summary names exactly one timer: its message starts so and names that default.
+fn names_one_timer(convs: Vec<Conversation>, starts: &str, default: &str) {
+    let t = timeouts(convs);
+    assert!(
+        t.len() == 1 && t[0].starts_with(starts) && t[0].contains(default),
+        "{t:?}"
+    );
+}
+
 /// Gunicorn kills a worker 30 s into a request (its default --timeout): five requests, five
 /// closes, 30 s after each request.
 #[test]
@@ -75,10 +84,10 @@ fn backend_closes_30_s_after_each_request_are_named_as_a_worker_timeout() {
             )
         })
         .collect();
-    let t = timeouts(convs);
-    assert!(
-        t.len() == 1 && t[0].starts_with("5 of 5 backend closes before any response byte (closed_before_response, reset_before_response) came 30.0 s after their request") && t[0].contains("Gunicorn's default --timeout"),
-        "{t:?}"
+    names_one_timer(
+        convs,
+        "5 of 5 backend closes before any response byte (closed_before_response, reset_before_response) came 30.0 s after their request",
+        "Gunicorn's default --timeout",
     );
 }
 
@@ -88,12 +97,10 @@ fn proxy_closes_60_s_into_each_wait_are_named_as_its_read_timeout() {
     let convs = (0..4)
         .map(|i| failing(42_000 + i, i64::from(i) * 5 * SEC, 60 * SEC, proxy_gives_up))
         .collect();
-    let t = timeouts(convs);
-    assert!(
-        t.len() == 1
-            && t[0].starts_with("4 of 4 proxy give-ups (abandoned_by_client) came 60.0 s after")
-            && t[0].contains("nginx's default proxy_read_timeout"),
-        "{t:?}"
+    names_one_timer(
+        convs,
+        "4 of 4 proxy give-ups (abandoned_by_client) came 60.0 s after",
+        "nginx's default proxy_read_timeout",
     );
 }
 
@@ -127,13 +134,7 @@ fn keepalive_races_at_5_s_of_idle_are_named_as_the_backends_keepalive_timeout() 
             c
         })
         .collect();
-    let t = timeouts(convs);
-    assert!(
-        t.len() == 1
-            && t[0].starts_with("3 of 3 backend closes of a keep-alive connection the proxy reused (keepalive_race) came 5.0 s after the connection's previous exchange")
-            && t[0].contains("Node.js's keepAliveTimeout"),
-        "{t:?}"
-    );
+    names_one_timer(convs, "3 of 3 backend closes of a keep-alive connection the proxy reused (keepalive_race) came 5.0 s after the connection's previous exchange", "Node.js's keepAliveTimeout");
 }
 
 /// Crashes come whenever: no timer to name.
