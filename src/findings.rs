@@ -363,6 +363,18 @@ pub const MIN_PLAUSIBLE_TIMEOUT_MS: f64 = 100.0;
 /// ([`Kind::hint`]) is the common case (nothing received yet, a timeout possible); the phase and
 /// the idle time change what nginx can have done: once the backend's status line reached the
 /// client, nginx cannot answer 504 any more, and a close far below any timeout is an abort.
+/// A backend reset while the proxy was still sending the request body, before any response
+/// byte: the proxy's write fails (as the e2e run shows: nginx 502 with this line, HAProxy
+/// `SD--` and no response at all).
+pub fn reset_while_sending_hint() -> GatewayHint {
+    GatewayHint {
+        nginx: "writev() failed (104: Connection reset by peer) while sending request to upstream",
+        nginx_status: 502,
+        haproxy: "SD (no response)",
+        envoy: "UR",
+    }
+}
+
 pub fn abandoned_hint(response_started: bool, idle_ms: f64) -> GatewayHint {
     let h = |nginx, nginx_status, haproxy, envoy| GatewayHint {
         nginx,

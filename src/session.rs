@@ -1398,7 +1398,7 @@ impl Session {
                             format!(
                                 "backend {what} {since_req:.0} ms after the request started, while the proxy was still sending its body ({received}{of} bytes sent), before sending any response byte{}",
                                 if how == CloseKind::Rst {
-                                    ": the proxy's write fails (nginx: writev() failed (104: Connection reset by peer) while sending request to upstream)"
+                                    ": the proxy's write fails"
                                 } else {
                                     ""
                                 }
@@ -1415,8 +1415,14 @@ impl Session {
                         "exchange_on_connection": e.index,
                         "idle_before_request_ms": e.idle_before_us.map(|u| u as f64 / 1000.0),
                     }));
+                    // A reset while the proxy still sends fails its write, not its read:
+                    // the gateways say so in other words.
+                    let hint = match (sending, how) {
+                        (Some(_), CloseKind::Rst) => findings::reset_while_sending_hint(),
+                        _ => kind.hint(),
+                    };
                     self.em
-                        .finding(ctx, kind, Severity::Error, &ex, None, msg, ev);
+                        .finding_with_hint(ctx, kind, Severity::Error, &ex, None, msg, ev, hint);
                 }
             }
             Position::InHead { bytes } => {

@@ -226,6 +226,16 @@ const CASES: &[Case] = &[
     // sees first, the 413 or its failed write, is a race it runs itself (nginx with the
     // body in memory read the 413 first and passed it on): either way the reset is the
     // error.
+    // The same upload, and a backend that resets while reading it (no answer).
+    Case {
+        method: "POST",
+        body: Body::Filler(512 << 10),
+        ..get(
+            "RST while reading the request body",
+            "/fault/rst-reading-body",
+            &["reset_before_response"],
+        )
+    },
     Case {
         method: "POST",
         body: Body::Filler(512 << 10),

@@ -128,6 +128,10 @@ const FAULTS: &[(&str, &str)] = &[
     ),
     ("backend-503", "the backend's own 503 with Retry-After"),
     (
+        "rst-reading-body",
+        "read the head and up to 16 KiB of the body, then RST, no response byte",
+    ),
+    (
         "early-response",
         "answer 413 right after the request head, body unread, then RST (a body size limit)",
     ),
@@ -374,7 +378,10 @@ impl Conn<'_> {
             );
             // The early-response fault answers before the body, as a backend with a body
             // size limit or a body read timeout does.
-            let early = req.path() == "/fault/early-response";
+            let early = matches!(
+                req.path(),
+                "/fault/early-response" | "/fault/rst-reading-body"
+            );
             if !early {
                 if let Err(msg) = self.read_body(&req) {
                     return msg;
@@ -747,6 +754,14 @@ impl Conn<'_> {
             // Answers 413 without reading the body (see `serve`), then closes: with the body
             // unread, the close is a reset (as the kernel makes it when a backend closes with
             // bytes unread; SO_LINGER 0 makes it certain), and the proxy's write fails.
+            // Reads some of the body, then resets without a response byte: a worker that
+            // dies (or gives up) while the proxy is still sending.
+            "rst-reading-body" => {
+                let mut sink = [0u8; 16 * 1024];
+                let _ = self.stream.set_read_timeout(Some(REQUEST_TIMEOUT));
+                let _ = self.stream.read(&mut sink);
+                Next::Rst
+            }
             "early-response" => {
                 self.send(&simple(
                     413,
