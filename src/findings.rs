@@ -364,11 +364,12 @@ pub const MIN_PLAUSIBLE_TIMEOUT_MS: f64 = 100.0;
 /// the idle time change what nginx can have done: once the backend's status line reached the
 /// client, nginx cannot answer 504 any more, and a close far below any timeout is an abort.
 /// A backend reset while the proxy was still sending the request body, before any response
-/// byte: the proxy's write fails (as the e2e run shows: nginx 502 with this line, HAProxy
-/// `SD--` and no response at all).
+/// byte: the proxy's write fails, or its read if its last write had already returned (the
+/// body in the socket's buffer, not yet on the wire). The e2e runs saw nginx log either line
+/// (502 both times) and HAProxy close with `SD--` and no response.
 pub fn reset_while_sending_hint() -> GatewayHint {
     GatewayHint {
-        nginx: "writev() failed (104: Connection reset by peer) while sending request to upstream",
+        nginx: "writev() failed (104: Connection reset by peer) while sending request to upstream, or, if nginx had handed the whole body to its socket already, recv() failed (104: Connection reset by peer) while reading response header from upstream",
         nginx_status: 502,
         haproxy: "SD (no response)",
         envoy: "UR",

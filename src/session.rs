@@ -1398,7 +1398,7 @@ impl Session {
                             format!(
                                 "backend {what} {since_req:.0} ms after the request started, while the proxy was still sending its body ({received}{of} bytes sent), before sending any response byte{}",
                                 if how == CloseKind::Rst {
-                                    ": the proxy's write fails"
+                                    ": the proxy's write fails (or its read, if the body had all left the proxy's socket buffer)"
                                 } else {
                                     ""
                                 }
