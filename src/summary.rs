@@ -203,40 +203,75 @@ impl Timer {
     }
 }
 
-/// A bounded sample of a timer's runs.
+/// A bounded sample of a timer's runs, each with the backend it ran against.
 #[derive(Clone, Debug, Default)]
 pub struct Samples {
-    ms: Vec<f64>,
+    runs: Vec<(f64, SocketAddr)>,
     /// Runs in all (beyond the sample too).
     pub n: u64,
 }
 
+/// A timer's usual length: the median of its sampled runs, and the runs within 5 % of it.
+struct Regular {
+    median: f64,
+    near: usize,
+    sampled: usize,
+    /// The backends of the runs near the median, in order of first appearance.
+    backends: Vec<SocketAddr>,
+}
+
 impl Samples {
-    fn add(&mut self, ms: f64) {
+    fn add(&mut self, ms: f64, server: SocketAddr) {
         self.n += 1;
-        if self.ms.len() < MAX_TIMER_SAMPLES {
-            self.ms.push(ms);
+        if self.runs.len() < MAX_TIMER_SAMPLES {
+            self.runs.push((ms, server));
         }
     }
 
     /// The time most runs took, if three or more and at least three in four of them lie
-    /// within 5 % of their median, and it is long enough to be a setting: (median, runs
-    /// near it, runs sampled).
-    fn regular(&self) -> Option<(f64, usize, usize)> {
-        let mut v = self.ms.clone();
-        if v.len() < 3 {
+    /// within 5 % of their median, and it is long enough to be a setting.
+    fn regular(&self) -> Option<Regular> {
+        if self.runs.len() < 3 {
             return None;
         }
+        let mut v: Vec<f64> = self.runs.iter().map(|r| r.0).collect();
         v.sort_by(f64::total_cmp);
         let median = v[v.len() / 2];
         if median < MIN_TIMER_MS {
             return None;
         }
-        let near = v
-            .iter()
-            .filter(|&&x| (x - median).abs() <= median * 0.05)
-            .count();
-        (near * 4 >= v.len() * 3).then_some((median, near, v.len()))
+        let is_near = |x: f64| (x - median).abs() <= median * 0.05;
+        let near = v.iter().filter(|&&x| is_near(x)).count();
+        if near * 4 < v.len() * 3 {
+            return None;
+        }
+        let mut backends: Vec<SocketAddr> = Vec::new();
+        for &(ms, server) in &self.runs {
+            if is_near(ms) && !backends.contains(&server) {
+                backends.push(server);
+            }
+        }
+        Some(Regular {
+            median,
+            near,
+            sampled: v.len(),
+            backends,
+        })
+    }
+}
+
+/// The backends a timer ran against, for its message: up to three by address.
+fn at_backends(b: &[SocketAddr]) -> String {
+    match b {
+        [one] => format!("at {one}"),
+        [_, _] | [_, _, _] => format!(
+            "at {}",
+            b.iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => format!("at {} backends", b.len()),
     }
 }
 
@@ -411,6 +446,8 @@ pub struct TimerPattern {
     /// Runs within 5 % of the median, of those sampled.
     pub near: usize,
     pub sampled: usize,
+    /// The backends of the runs near the median.
+    pub backends: Vec<SocketAddr>,
     pub message: String,
 }
 
@@ -442,7 +479,7 @@ impl Summary {
                 timer,
             } => {
                 if let Some((t, ms)) = timer {
-                    self.timers.entry(t).or_default().add(ms);
+                    self.timers.entry(t).or_default().add(ms, server);
                 }
                 *self.findings.entry(kind).or_default() += 1;
                 *self.by_kind_severity.entry((kind, severity)).or_default() += 1;
@@ -594,11 +631,17 @@ impl Summary {
         self.timers
             .iter()
             .filter_map(|(&t, s)| {
-                let (median, near, sampled) = s.regular()?;
+                let Regular {
+                    median,
+                    near,
+                    sampled,
+                    backends,
+                } = s.regular()?;
                 let message = format!(
-                    "{near} of {sampled} {} ({}) came {:.1} s after {}: {}",
+                    "{near} of {sampled} {} ({}, {}) came {:.1} s after {}: {}",
                     t.ends(),
                     t.kinds(),
+                    at_backends(&backends),
                     median / 1000.0,
                     match t {
                         Timer::BackendClose => "their request",
@@ -613,6 +656,7 @@ impl Summary {
                     median_ms: median,
                     near,
                     sampled,
+                    backends,
                     message,
                 })
             })
@@ -656,6 +700,7 @@ impl Summary {
                 "median_ms": p.median_ms,
                 "near_median": p.near,
                 "sampled": p.sampled,
+                "backends": p.backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
                 "message": p.message,
             })).collect::<Vec<_>>(),
             "errors": self.errors(),
@@ -683,6 +728,42 @@ impl Summary {
 #[cfg(test)]
 mod test {
     use super::*;
+
+    #[test]
+    fn a_timers_backends_are_named_up_to_three_then_counted() {
+        let b: Vec<SocketAddr> = (1..=4)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 8000)))
+            .collect();
+        assert_eq!(
+            [1, 3, 4].map(|n| at_backends(&b[..n])),
+            [
+                "at 10.0.0.1:8000".to_string(),
+                "at 10.0.0.1:8000, 10.0.0.2:8000, 10.0.0.3:8000".to_string(),
+                "at 4 backends".to_string(),
+            ]
+        );
+    }
+
+    /// Runs near the median count; one outlier in four does not hide the timer, two do.
+    #[test]
+    fn a_timer_is_regular_when_three_in_four_runs_agree() {
+        let server = SocketAddr::from(([10, 0, 0, 1], 8000));
+        let regular = |runs: &[f64]| {
+            let mut s = Samples::default();
+            for &ms in runs {
+                s.add(ms, server);
+            }
+            s.regular().map(|r| (r.median, r.near))
+        };
+        assert_eq!(
+            [
+                regular(&[30_000.0, 30_100.0, 29_900.0, 2_000.0]),
+                regular(&[30_000.0, 30_100.0, 9_000.0, 2_000.0]),
+                regular(&[300.0, 310.0, 305.0]),
+            ],
+            [Some((30_000.0, 3)), None, None]
+        );
+    }
 
     #[test]
     fn histogram_quantiles_are_close() {

@@ -86,7 +86,7 @@ fn backend_closes_30_s_after_each_request_are_named_as_a_worker_timeout() {
         .collect();
     names_one_timer(
         convs,
-        "5 of 5 backend closes before any response byte (closed_before_response, reset_before_response) came 30.0 s after their request",
+        "5 of 5 backend closes before any response byte (closed_before_response, reset_before_response, at 10.0.0.2:8000) came 30.0 s after their request",
         "Gunicorn's default --timeout",
     );
 }
@@ -99,7 +99,7 @@ fn proxy_closes_60_s_into_each_wait_are_named_as_its_read_timeout() {
         .collect();
     names_one_timer(
         convs,
-        "4 of 4 proxy give-ups (abandoned_by_client) came 60.0 s after",
+        "4 of 4 proxy give-ups (abandoned_by_client, at 10.0.0.2:8000) came 60.0 s after",
         "nginx's default proxy_read_timeout",
     );
 }
@@ -134,7 +134,7 @@ fn keepalive_races_at_5_s_of_idle_are_named_as_the_backends_keepalive_timeout() 
             c
         })
         .collect();
-    names_one_timer(convs, "3 of 3 backend closes of a keep-alive connection the proxy reused (keepalive_race) came 5.0 s after the connection's previous exchange", "Node.js's keepAliveTimeout");
+    names_one_timer(convs, "3 of 3 backend closes of a keep-alive connection the proxy reused (keepalive_race, at 10.0.0.2:3000) came 5.0 s after the connection's previous exchange", "Node.js's keepAliveTimeout");
 }
 
 /// Crashes come whenever: no timer to name.
