@@ -464,9 +464,9 @@ impl Session {
     }
 
     /// A stream picked up mid-stream (or resynchronising after a gap) carries TLS records
-    /// (the leg is encrypted) or HTTP/2 frames. Said once for the connection, as a warning (nothing shows that
-    /// the two ends disagree), with no exchange invented; neither direction is searched
-    /// for HTTP any further, and no verdict rests on them.
+    /// (the leg is encrypted) or HTTP/2 frames. Said once for the connection, as a warning
+    /// (nothing shows that the two ends disagree), with no exchange invented; neither
+    /// direction is searched for HTTP any further, and no verdict rests on them.
     fn foreign_midstream(
         &mut self,
         protocol: &str,
