@@ -123,6 +123,12 @@ pub struct FlowStats {
     pub late_packets: u64,
     /// Late packets that carried data or a SYN (not just the last ACK of a close).
     pub late_data_packets: u64,
+    /// Refused connections (RST to SYN) whose SYN was answered by a SYN-ACK after all: the
+    /// refusing RST came from something on the path, not the backend's listener.
+    pub synack_after_refusal: u64,
+    /// Of those, the ones the proxy went on with (an ACK or data after the SYN-ACK): it
+    /// ignored the RST, and what followed was not analysed.
+    pub refusal_ignored: u64,
     pub peak_connections: u64,
 }
 
@@ -139,6 +145,8 @@ impl FlowStats {
         self.gap_bytes += o.gap_bytes;
         self.late_packets += o.late_packets;
         self.late_data_packets += o.late_data_packets;
+        self.synack_after_refusal += o.synack_after_refusal;
+        self.refusal_ignored += o.refusal_ignored;
         self.peak_connections += o.peak_connections;
     }
 }
@@ -206,7 +214,23 @@ struct Conn {
 #[derive(Debug)]
 enum Entry {
     Live(Box<Conn>),
-    Closed { at: Ts, isn: Option<u32> },
+    /// A tombstone: the connection ended at `at`; `isn` is its SYN's.
+    Closed {
+        at: Ts,
+        isn: Option<u32>,
+        refusal: Refusal,
+    },
+}
+
+/// What followed a refusal (RST to SYN), as far as a tombstone can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Not refused, or nothing more to say.
+    None,
+    /// Refused; no SYN-ACK yet.
+    Refused,
+    /// A SYN-ACK answered the SYN after the RST.
+    SynAcked,
 }
 
 /// Routes one direction's reassembled stream into the session.
@@ -390,7 +414,7 @@ impl FlowTable {
                 replace = !same_syn;
             }
             Some(Entry::Live(_)) => {}
-            Some(Entry::Closed { isn, .. }) => {
+            Some(Entry::Closed { isn, refusal, .. }) => {
                 if is_new_syn && *isn != Some(seg.seq) {
                     self.conns.remove(&key);
                 } else {
@@ -398,6 +422,25 @@ impl FlowTable {
                     // The last ACK of a close is late by nature; data or a SYN-ACK is not.
                     if !seg.payload.is_empty() || seg.flags.syn() {
                         self.stats.late_data_packets += 1;
+                    }
+                    // The backend's own answer to the refused SYN, after the refusal; then
+                    // whether the proxy went on. Each counted once per connection.
+                    let answers_syn = isn.is_some_and(|i| seg.ack == i.wrapping_add(1));
+                    match *refusal {
+                        Refusal::Refused if seg.flags.syn() && seg.flags.ack() && answers_syn => {
+                            *refusal = Refusal::SynAcked;
+                            self.stats.synack_after_refusal += 1;
+                        }
+                        Refusal::SynAcked
+                            if !seg.flags.syn()
+                                && !seg.flags.rst()
+                                && seg.flags.ack()
+                                && isn.is_some_and(|i| seg.seq == i.wrapping_add(1)) =>
+                        {
+                            *refusal = Refusal::None;
+                            self.stats.refusal_ignored += 1;
+                        }
+                        _ => {}
                     }
                     return;
                 }
@@ -466,9 +509,14 @@ impl FlowTable {
     fn close(&mut self, key: Key, ctx: &mut Ctx<'_>) {
         if let Some(Entry::Live(c)) = self.conns.remove(&key) {
             let isn = c.syn.as_ref().map(|s| s.isn);
+            let refusal = if c.refused {
+                Refusal::Refused
+            } else {
+                Refusal::None
+            };
             let at = ctx.ts;
             self.finish(*c, None, ctx);
-            let entry = Entry::Closed { at, isn };
+            let entry = Entry::Closed { at, isn, refusal };
             let dl = self.deadline(&entry);
             self.deadlines.push(Reverse((dl, ctx.frame, key)));
             self.conns.insert(key, entry);

@@ -581,6 +581,18 @@ impl Summary {
                 self.time_backwards
             ));
         }
+        if self.flow.synack_after_refusal > 0 {
+            v.push(format!(
+                "{} refused connection(s) got a SYN-ACK from the backend after the RST that refused them: that RST did not come from the backend's listener but from something on the path (a firewall, conntrack dropping packets as INVALID, a load balancer or an IPS) — check those devices' logs and counters (conntrack -S, the firewall's rejects)",
+                self.flow.synack_after_refusal
+            ));
+        }
+        if self.flow.refusal_ignored > 0 {
+            v.push(format!(
+                "{} of those the proxy went on with (it acknowledged the SYN-ACK: the RST did not match its connection, an injected or stale one): gatescope ended them at the RST, so what followed is not analysed and their connect_refused is not what the proxy saw",
+                self.flow.refusal_ignored
+            ));
+        }
         if self.flow.late_data_packets > 0 {
             v.push(format!(
                 "{} TCP packet(s) with data or a SYN came after their connection had ended (a RST or both FINs) and were not analysed: retransmissions after a reset, or a RST injected before the real answer (look for a SYN-ACK after a refused connection in Wireshark)",
@@ -717,6 +729,8 @@ impl Summary {
                 "ooo_overflows": self.flow.ooo_overflows,
                 "late_packets": self.flow.late_packets,
                 "late_data_packets": self.flow.late_data_packets,
+                "synack_after_refusal": self.flow.synack_after_refusal,
+                "refusal_ignored": self.flow.refusal_ignored,
             },
             "backends": backends,
             "input_errors": self.input_errors,

@@ -3,6 +3,8 @@
 
 mod common;
 use common::*;
+use gatescope::synth::TcpFlags;
+use serde_json::json;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -487,5 +489,73 @@ fn the_summary_says_when_each_kind_of_finding_began_and_ended() {
             Some("2026-01-15T10:01:30.000210Z")
         ),
         "{times}"
+    );
+}
+
+/// A firewall (or conntrack) on the path answers the proxy's SYN with a RST, and the
+/// backend's SYN-ACK follows: the proxy, already failed, resets it. The connection is
+/// connect_refused, and the summary says the refusal did not come from the backend.
+#[test]
+fn a_syn_ack_after_the_refusal_says_the_reset_came_from_the_path() {
+    let mut c = gatescope::synth::Conversation::new(
+        "10.0.0.1:40600".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.refused().advance(300);
+    c.raw_segment(false, 0, &[], TcpFlags::SYN | TcpFlags::ACK)
+        .advance(50)
+        .raw_segment(true, 0, &[], TcpFlags::RST);
+    let (_d, path) = write_conversation(c);
+    let (_, recs, _) = analyze_json(&[&path], &[]);
+    let summary = &of_type(&recs, "summary")[0];
+    let notes = summary["notes"].to_string();
+    assert_eq!(
+        (
+            finding_set(&recs),
+            &summary["tcp"]["synack_after_refusal"],
+            &summary["tcp"]["refusal_ignored"],
+            notes.contains("that RST did not come from the backend's listener"),
+        ),
+        (
+            vec![("connect_refused".to_string(), 0)],
+            &json!(1),
+            &json!(0),
+            true
+        ),
+        "{notes}"
+    );
+}
+
+/// The same RST, but the proxy's stack did not take it (it did not match: an injected or
+/// stale one) and went on: the summary owns up that what followed was not analysed.
+#[test]
+fn a_proxy_that_went_on_after_the_refusal_is_named_in_the_notes() {
+    let mut c = gatescope::synth::Conversation::new(
+        "10.0.0.1:40601".parse().expect("addr"),
+        "10.0.0.2:8080".parse().expect("addr"),
+        1_700_000_000_000_000,
+    );
+    c.refused().advance(300);
+    c.raw_segment(false, 0, &[], TcpFlags::SYN | TcpFlags::ACK)
+        .advance(50)
+        .raw_segment(true, 0, &[], TcpFlags::ACK)
+        .raw_segment(
+            true,
+            0,
+            b"GET / HTTP/1.1\r\nHost: b\r\n\r\n",
+            TcpFlags::ACK | TcpFlags::PSH,
+        );
+    let (_d, path) = write_conversation(c);
+    let (_, recs, _) = analyze_json(&[&path], &[]);
+    let summary = &of_type(&recs, "summary")[0];
+    let notes = summary["notes"].to_string();
+    assert_eq!(
+        (
+            &summary["tcp"]["refusal_ignored"],
+            notes.contains("the proxy went on with"),
+        ),
+        (&json!(1), true),
+        "{notes}"
     );
 }
