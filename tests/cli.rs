@@ -492,20 +492,27 @@ fn the_summary_says_when_each_kind_of_finding_began_and_ended() {
     );
 }
 
-/// A firewall (or conntrack) on the path answers the proxy's SYN with a RST, and the
-/// backend's SYN-ACK follows: the proxy, already failed, resets it. The connection is
-/// connect_refused, and the summary says the refusal did not come from the backend.
-#[test]
-fn a_syn_ack_after_the_refusal_says_the_reset_came_from_the_path() {
+/// A SYN from client port `port` refused by a RST, then answered by the backend's SYN-ACK
+/// 300 µs later; the proxy's reply is the test's.
+fn refused_then_syn_acked(port: u16) -> gatescope::synth::Conversation {
     let mut c = gatescope::synth::Conversation::new(
-        "10.0.0.1:40600".parse().expect("addr"),
+        format!("10.0.0.1:{port}").parse().expect("addr"),
         "10.0.0.2:8080".parse().expect("addr"),
         1_700_000_000_000_000,
     );
     c.refused().advance(300);
     c.raw_segment(false, 0, &[], TcpFlags::SYN | TcpFlags::ACK)
-        .advance(50)
-        .raw_segment(true, 0, &[], TcpFlags::RST);
+        .advance(50);
+    c
+}
+
+/// A firewall (or conntrack) on the path answers the proxy's SYN with a RST, and the
+/// backend's SYN-ACK follows: the proxy, already failed, resets it. The connection is
+/// connect_refused, and the summary says the refusal did not come from the backend.
+#[test]
+fn a_syn_ack_after_the_refusal_says_the_reset_came_from_the_path() {
+    let mut c = refused_then_syn_acked(40600);
+    c.raw_segment(true, 0, &[], TcpFlags::RST);
     let (_d, path) = write_conversation(c);
     let (_, recs, _) = analyze_json(&[&path], &[]);
     let summary = &of_type(&recs, "summary")[0];
@@ -531,21 +538,13 @@ fn a_syn_ack_after_the_refusal_says_the_reset_came_from_the_path() {
 /// stale one) and went on: the summary owns up that what followed was not analysed.
 #[test]
 fn a_proxy_that_went_on_after_the_refusal_is_named_in_the_notes() {
-    let mut c = gatescope::synth::Conversation::new(
-        "10.0.0.1:40601".parse().expect("addr"),
-        "10.0.0.2:8080".parse().expect("addr"),
-        1_700_000_000_000_000,
+    let mut c = refused_then_syn_acked(40601);
+    c.raw_segment(true, 0, &[], TcpFlags::ACK).raw_segment(
+        true,
+        0,
+        b"GET / HTTP/1.1\r\nHost: b\r\n\r\n",
+        TcpFlags::ACK | TcpFlags::PSH,
     );
-    c.refused().advance(300);
-    c.raw_segment(false, 0, &[], TcpFlags::SYN | TcpFlags::ACK)
-        .advance(50)
-        .raw_segment(true, 0, &[], TcpFlags::ACK)
-        .raw_segment(
-            true,
-            0,
-            b"GET / HTTP/1.1\r\nHost: b\r\n\r\n",
-            TcpFlags::ACK | TcpFlags::PSH,
-        );
     let (_d, path) = write_conversation(c);
     let (_, recs, _) = analyze_json(&[&path], &[]);
     let summary = &of_type(&recs, "summary")[0];
