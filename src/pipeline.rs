@@ -1109,8 +1109,9 @@ fn worker(
                 let bytes = chunk.bytes();
                 let mut ticks = index.ticks.iter().peekable();
                 for m in index.segs.of(id) {
+                    let m_frame = index.segs.frame(m);
                     while let Some(&&(frame, ts)) = ticks.peek() {
-                        if frame > m.frame {
+                        if frame > m_frame {
                             break;
                         }
                         ticks.next();
@@ -1118,9 +1119,9 @@ fn worker(
                     }
                     let seg = index.segs.segment(m, bytes);
                     let mut ctx = Ctx {
-                        ts: m.ts,
-                        frame: m.frame,
-                        key_frame: m.frame,
+                        ts: index.segs.ts(m),
+                        frame: m_frame,
+                        key_frame: m_frame,
                         out: &mut out,
                     };
                     flow.segment(&seg, &mut ctx);

@@ -486,7 +486,7 @@ fn analyse(
     let mine = w.segs.of(id);
     let visit = |m: &SegInfo, frame: u64, flow: &mut FlowTable, out: &mut Vec<_>| {
         let mut ctx = Ctx {
-            ts: m.ts,
+            ts: w.segs.ts(m),
             frame,
             key_frame: frame,
             out,
@@ -498,7 +498,7 @@ fn analyse(
         // apart): only this worker's segments need a visit, not every frame.
         let first = ix.frame;
         for m in mine {
-            let frame = first + m.frame + 1;
+            let frame = first + w.segs.frame(m) + 1;
             visit(m, frame, flow, out);
             if out.len() >= REPORT_RECORDS && !report(out, (frame, 0)) {
                 return false;
@@ -511,7 +511,7 @@ fn analyse(
             if ix.count(ts) {
                 tick(flow, ts, ix.frame, out);
             }
-            while let Some(m) = mine.get(j).filter(|m| m.frame == i as u64) {
+            while let Some(m) = mine.get(j).filter(|m| w.segs.frame(m) == i as u64) {
                 j += 1;
                 visit(m, ix.frame, flow, out);
             }

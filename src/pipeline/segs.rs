@@ -2,9 +2,10 @@
 //! the worker that analyses its connection.
 //!
 //! Every segment of a capture goes through one of these lists, written on one core and read
-//! on another, so its size is the cost of sharding: an entry is 56 bytes, half a decoded
-//! [`Segment`] (whose two `SocketAddr`s alone take 64). IPv4 ends are kept inline; IPv6
-//! pairs go to a side table the entry points into.
+//! on another, so its size is the cost of sharding: an entry is 44 bytes, not half a decoded
+//! [`Segment`] (whose two `SocketAddr`s alone take 64). IPv4 ends are kept inline, frame and
+//! time relative to the list's first; IPv6 pairs and times far from the first go to side
+//! tables the entry points into.
 
 use crate::decode::{Flags, Segment};
 use crate::time::Ts;
@@ -14,10 +15,16 @@ use std::net::{SocketAddr, SocketAddrV4};
 /// mapped file), found again from an offset.
 #[derive(Clone, Copy)]
 pub(super) struct SegInfo {
-    /// The frame's number (in a mapped file's window: its place in the window).
-    pub(super) frame: u64,
-    pub(super) ts: Ts,
-    ends: Ends,
+    /// The frame's number after the list's first frame (see [`Segs::frame`]).
+    frame: u32,
+    /// Microseconds after the list's first time; with [`FAR_TS`], a place in [`Segs::far`]
+    /// (see [`Segs::ts`]).
+    dt: u32,
+    /// IPv4 source and destination; with [`V6`], `src` is a place in [`Segs::v6`].
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
     seq: u32,
     ack: u32,
     /// Payload: offset from the start of the bytes it is in, and length. A chunk or window
@@ -27,26 +34,25 @@ pub(super) struct SegInfo {
     missing: u32,
     window: u16,
     flags: u8,
+    /// [`V6`] and [`FAR_TS`] bits.
+    kind: u8,
 }
 
-/// Source and destination.
-#[derive(Clone, Copy)]
-enum Ends {
-    V4 {
-        src: u32,
-        dst: u32,
-        sport: u16,
-        dport: u16,
-    },
-    /// Place in [`Segs::v6`].
-    V6(u32),
-}
+/// The ends are IPv6 (or mixed): in [`Segs::v6`].
+const V6: u8 = 1;
+/// The time is not within 71 minutes after the list's first (a long pause in a live
+/// capture, a clock stepped back): in [`Segs::far`].
+const FAR_TS: u8 = 2;
 
 /// Per worker, the segments of its connections, in frame order.
 #[derive(Default)]
 pub(super) struct Segs {
     per: Vec<Vec<SegInfo>>,
     v6: Vec<(SocketAddr, SocketAddr)>,
+    far: Vec<Ts>,
+    /// The first listed segment's frame and time, which the entries count from.
+    frame0: u64,
+    ts0: Option<Ts>,
 }
 
 impl Segs {
@@ -54,7 +60,7 @@ impl Segs {
     pub(super) fn new(workers: usize, cap: usize) -> Segs {
         Segs {
             per: (0..workers).map(|_| Vec::with_capacity(cap)).collect(),
-            v6: Vec::new(),
+            ..Segs::default()
         }
     }
 
@@ -63,33 +69,53 @@ impl Segs {
             v.clear();
         }
         self.v6.clear();
+        self.far.clear();
+        self.ts0 = None;
     }
 
     /// Lists `seg` (frame `frame`, its payload a part of `base`) for the worker that owns
-    /// its connection.
+    /// its connection. Frames come in order, and a list holds those of one chunk or window:
+    /// far fewer than 2^32 after its first.
     #[inline]
     pub(super) fn push(&mut self, frame: u64, ts: Ts, seg: &Segment, base: &[u8]) {
         let owner = owner(super::shard_hash(&seg.src, &seg.dst), self.per.len());
+        let ts0 = match self.ts0 {
+            Some(t) => t,
+            None => {
+                self.ts0 = Some(ts);
+                self.frame0 = frame;
+                ts
+            }
+        };
+        let mut kind = 0;
+        let dt = match u32::try_from(ts.0.wrapping_sub(ts0.0)) {
+            Ok(d) => d,
+            Err(_) => {
+                kind |= FAR_TS;
+                self.far.push(ts);
+                (self.far.len() - 1) as u32
+            }
+        };
+        let (src, dst, sport, dport) = match (seg.src, seg.dst) {
+            (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+                (s.ip().to_bits(), d.ip().to_bits(), s.port(), d.port())
+            }
+            pair => {
+                kind |= V6;
+                self.v6.push(pair);
+                ((self.v6.len() - 1) as u32, 0, 0, 0)
+            }
+        };
         let Some(v) = self.per.get_mut(owner) else {
             return;
         };
-        let ends = match (seg.src, seg.dst) {
-            (SocketAddr::V4(s), SocketAddr::V4(d)) => Ends::V4 {
-                src: s.ip().to_bits(),
-                dst: d.ip().to_bits(),
-                sport: s.port(),
-                dport: d.port(),
-            },
-            pair => {
-                let i = self.v6.len() as u32;
-                self.v6.push(pair);
-                Ends::V6(i)
-            }
-        };
         v.push(SegInfo {
-            frame,
-            ts,
-            ends,
+            frame: frame.wrapping_sub(self.frame0) as u32,
+            dt,
+            src,
+            dst,
+            sport,
+            dport,
             seq: seg.seq,
             ack: seg.ack,
             // `base` holds the payload (see the field).
@@ -98,7 +124,24 @@ impl Segs {
             missing: seg.missing,
             window: seg.window,
             flags: seg.flags.0,
+            kind,
         });
+    }
+
+    /// The frame number `push` was given for `m`.
+    #[inline]
+    pub(super) fn frame(&self, m: &SegInfo) -> u64 {
+        self.frame0.wrapping_add(u64::from(m.frame))
+    }
+
+    /// The packet time `push` was given for `m`.
+    #[inline]
+    pub(super) fn ts(&self, m: &SegInfo) -> Ts {
+        if m.kind & FAR_TS == 0 {
+            Ts(self.ts0.map_or(0, |t| t.0).wrapping_add(i64::from(m.dt)))
+        } else {
+            self.far.get(m.dt as usize).copied().unwrap_or(Ts(0))
+        }
     }
 
     /// Worker `id`'s segments.
@@ -109,20 +152,16 @@ impl Segs {
     /// The segment `m` again, its payload found in `base`.
     #[inline]
     pub(super) fn segment<'a>(&self, m: &SegInfo, base: &'a [u8]) -> Segment<'a> {
-        let (src, dst) = match m.ends {
-            Ends::V4 {
-                src,
-                dst,
-                sport,
-                dport,
-            } => (
-                SocketAddr::V4(SocketAddrV4::new(src.into(), sport)),
-                SocketAddr::V4(SocketAddrV4::new(dst.into(), dport)),
-            ),
-            Ends::V6(i) => self.v6.get(i as usize).copied().unwrap_or((
+        let (src, dst) = if m.kind & V6 == 0 {
+            (
+                SocketAddr::V4(SocketAddrV4::new(m.src.into(), m.sport)),
+                SocketAddr::V4(SocketAddrV4::new(m.dst.into(), m.dport)),
+            )
+        } else {
+            self.v6.get(m.src as usize).copied().unwrap_or((
                 SocketAddr::V4(SocketAddrV4::new(0.into(), 0)),
                 SocketAddr::V4(SocketAddrV4::new(0.into(), 0)),
-            )),
+            ))
         };
         let at = m.at as usize;
         Segment {
@@ -150,8 +189,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_entry_is_half_a_decoded_segment() {
-        assert_eq!(std::mem::size_of::<SegInfo>(), 56);
+    fn an_entry_is_44_bytes() {
+        assert_eq!(std::mem::size_of::<SegInfo>(), 44);
     }
 
     #[test]
@@ -166,18 +205,23 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_and_ipv4_segments_come_back_as_they_went_in() {
+    fn segments_come_back_as_they_went_in() {
         let payload = b"xxGET / HTTP/1.1\r\n";
-        let v6: SocketAddr = "[2001:db8::1]:40000"
-            .parse()
-            .unwrap_or_else(|_| unreachable!());
-        let v6b: SocketAddr = "[2001:db8::2]:80"
-            .parse()
-            .unwrap_or_else(|_| unreachable!());
-        let v4: SocketAddr = "10.0.0.1:5555".parse().unwrap_or_else(|_| unreachable!());
-        let v4b: SocketAddr = "10.0.0.2:8080".parse().unwrap_or_else(|_| unreachable!());
+        let addr = |a: &str| a.parse::<SocketAddr>().unwrap_or_else(|_| unreachable!());
+        let (v6, v6b) = (addr("[2001:db8::1]:40000"), addr("[2001:db8::2]:80"));
+        let (v4, v4b) = (addr("10.0.0.1:5555"), addr("10.0.0.2:8080"));
+        // Frames far into a capture; times: the first, one later, one two hours on (past
+        // what an entry counts), one gone back before the first.
+        let first = 5_000_000_000u64;
+        let times = [
+            Ts(1_700_000_000_000_000),
+            Ts(1_700_000_000_250_000),
+            Ts(1_700_007_200_000_000),
+            Ts(1_699_999_999_000_000),
+        ];
+        let ends = [(v6, v6b), (v4, v4b), (v4b, v4), (v6b, v6)];
         let mut segs = Segs::new(2, 4);
-        for (i, (s, d)) in [(v6, v6b), (v4, v4b)].into_iter().enumerate() {
+        for (i, ((s, d), ts)) in ends.into_iter().zip(times).enumerate() {
             let seg = Segment {
                 src: s,
                 dst: d,
@@ -188,20 +232,25 @@ mod tests {
                 payload: &payload[2..],
                 missing: 3,
             };
-            segs.push(i as u64, Ts(5), &seg, payload);
+            segs.push(first + i as u64, ts, &seg, payload);
         }
-        // Each went to the worker that owns its connection; find them by frame.
-        let listed: Vec<SegInfo> = (0..2).flat_map(|w| segs.of(w).to_vec()).collect();
-        let by_frame = |f: u64| listed.iter().find(|m| m.frame == f).copied();
-        let (Some(a), Some(b)) = (by_frame(0), by_frame(1)) else {
-            panic!("a segment was not listed");
-        };
-        let a = segs.segment(&a, payload);
-        let b = segs.segment(&b, payload);
-        assert_eq!(
-            (a.src, a.dst, a.seq, a.payload),
-            (v6, v6b, 7, &payload[2..])
-        );
-        assert_eq!((b.src, b.dst, b.seq, b.missing), (v4, v4b, 8, 3));
+        // Each went to the worker that owns its connection (both directions to the same);
+        // put them back in frame order.
+        let mut listed: Vec<SegInfo> = (0..2).flat_map(|w| segs.of(w).to_vec()).collect();
+        listed.sort_by_key(|m| segs.frame(m));
+        let back: Vec<_> = listed
+            .iter()
+            .map(|m| {
+                let s = segs.segment(m, payload);
+                (segs.frame(m), segs.ts(m), s.src, s.dst, s.seq, s.payload)
+            })
+            .collect();
+        let sent: Vec<_> = ends
+            .iter()
+            .zip(times)
+            .enumerate()
+            .map(|(i, (&(s, d), ts))| (first + i as u64, ts, s, d, 7 + i as u32, &payload[2..]))
+            .collect();
+        assert_eq!(back, sent);
     }
 }
