@@ -78,10 +78,76 @@ pub struct Segment<'a> {
     pub missing: u32,
 }
 
+/// An ICMP "destination unreachable" about a TCP segment: what a router or a firewall sends
+/// back instead of the destination's answer (an iptables REJECT rule, firewalld's
+/// `icmp-host-prohibited`, a `prohibit` or missing route, a host that does not answer ARP).
+/// On a SYN it fails the connect at once: Linux turns it into the error `connect()` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unreachable {
+    /// Who sent the ICMP message.
+    pub from: IpAddr,
+    /// The quoted segment as it was sent: its ends and sequence number.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub seq: u32,
+    /// The code of ICMPv4 type 3, or of ICMPv6 type 1.
+    pub code: u8,
+    pub v6: bool,
+}
+
+impl Unreachable {
+    /// The code's name (RFC 792, 1122, 1812; RFC 4443 for ICMPv6).
+    pub fn reason(&self) -> &'static str {
+        match (self.v6, self.code) {
+            (false, 0) => "network unreachable",
+            (false, 1) => "host unreachable",
+            (false, 2) => "protocol unreachable",
+            (false, 3) => "port unreachable",
+            (false, 5) => "source route failed",
+            (false, 6) => "destination network unknown",
+            (false, 7) => "destination host unknown",
+            (false, 8) => "source host isolated",
+            (false, 9) => "network administratively prohibited",
+            (false, 10) => "host administratively prohibited",
+            (false, 11) => "network unreachable for type of service",
+            (false, 12) => "host unreachable for type of service",
+            (false, 13) => "communication administratively prohibited",
+            (false, 14) => "host precedence violation",
+            (false, 15) => "precedence cutoff in effect",
+            (true, 0) => "no route to destination",
+            (true, 1) => "communication administratively prohibited",
+            (true, 2) => "beyond scope of source address",
+            (true, 3) => "address unreachable",
+            (true, 4) => "port unreachable",
+            (true, 5) => "source address failed ingress/egress policy",
+            (true, 6) => "reject route to destination",
+            _ => "unreachable (unknown code)",
+        }
+    }
+
+    /// The error a Linux proxy's `connect()` gets from it, as nginx logs it (errno and
+    /// strerror; the kernel's icmp_err_convert and icmpv6_err_convert tables).
+    pub fn connect_error(&self) -> &'static str {
+        match (self.v6, self.code) {
+            (false, 0 | 6 | 9 | 11) | (true, 0) => "101: Network is unreachable",
+            (false, 2) => "92: Protocol not available",
+            (false, 3) | (true, 4) => "111: Connection refused",
+            (false, 5) => "95: Operation not supported",
+            (false, 7) => "112: Host is down",
+            (false, 8) => "64: Machine is not on the network",
+            (true, 1 | 5 | 6) => "13: Permission denied",
+            _ => "113: No route to host",
+        }
+    }
+}
+
 /// What a frame turned out to be.
 #[derive(Debug)]
 pub enum Decoded<'a> {
     Tcp(Segment<'a>),
+    /// An ICMP destination unreachable quoting a TCP segment (not "fragmentation needed",
+    /// which is path MTU discovery at work, nor "packet too big").
+    Unreachable(Unreachable),
     /// A fragment of an IP packet that carries TCP. Fragments are not reassembled (on a
     /// proxy↔backend link they are rare: TCP segments fit the path MTU), so the segment's
     /// bytes become a capture gap; counted so that the summary can say why.
@@ -335,6 +401,12 @@ fn from_lax(p: LaxSlicedPacket<'_>, cut: u32) -> Decoded<'_> {
                 missing: u32::try_from(missing).unwrap_or(u32::MAX),
             })
         }
+        Some(TransportSlice::Icmpv4(icmp)) if icmp.type_u8() == 3 && icmp.code_u8() != 4 => {
+            quoted(src_ip, icmp.code_u8(), false, icmp.payload())
+        }
+        Some(TransportSlice::Icmpv6(icmp)) if icmp.type_u8() == 1 => {
+            quoted(src_ip, icmp.code_u8(), true, icmp.payload())
+        }
         Some(_) => Decoded::Other,
         None => {
             let is_tcp = p
@@ -349,6 +421,56 @@ fn from_lax(p: LaxSlicedPacket<'_>, cut: u32) -> Decoded<'_> {
             }
         }
     }
+}
+
+/// The TCP segment an ICMP error quotes: the IP header it was sent with and at least the
+/// first 8 bytes of its TCP header (ports and sequence number), all RFC 792 guarantees.
+#[cold]
+#[inline(never)]
+fn quoted(from: IpAddr, code: u8, v6: bool, q: &[u8]) -> Decoded<'_> {
+    let (src, dst, tcp) = match (v6, q.first().map(|b| b >> 4)) {
+        (false, Some(4)) => {
+            let ihl = usize::from(q[0] & 0x0f) * 4;
+            // The quoted packet must be TCP, and the first (or only) fragment.
+            let first_fragment = q
+                .get(6..8)
+                .is_some_and(|f| u16::from_be_bytes([f[0], f[1]]) & 0x1fff == 0);
+            if ihl < 20 || q.get(9) != Some(&6) || !first_fragment {
+                return Decoded::Other;
+            }
+            let (Some(s), Some(d)) = (q.get(12..16), q.get(16..20)) else {
+                return Decoded::Other;
+            };
+            let ip = |b: &[u8]| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+            (ip(s), ip(d), q.get(ihl..))
+        }
+        (true, Some(6)) => {
+            // Only a segment right after the fixed header (no extension headers).
+            if q.get(6) != Some(&6) {
+                return Decoded::Other;
+            }
+            let ip = |b: Option<&[u8]>| {
+                let b: [u8; 16] = b?.try_into().ok()?;
+                Some(IpAddr::V6(Ipv6Addr::from(b)))
+            };
+            let (Some(s), Some(d)) = (ip(q.get(8..24)), ip(q.get(24..40))) else {
+                return Decoded::Other;
+            };
+            (s, d, q.get(40..))
+        }
+        _ => return Decoded::Other,
+    };
+    let Some(t) = tcp.and_then(|t| t.get(..8)) else {
+        return Decoded::Other;
+    };
+    Decoded::Unreachable(Unreachable {
+        from,
+        src: SocketAddr::new(src, u16::from_be_bytes([t[0], t[1]])),
+        dst: SocketAddr::new(dst, u16::from_be_bytes([t[2], t[3]])),
+        seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+        code,
+        v6,
+    })
 }
 
 #[cfg(test)]
@@ -409,6 +531,60 @@ mod test {
             decode(linktype::RAW, &udp, udp.len() as u32),
             Decoded::Other
         ));
+    }
+
+    /// An ICMPv4 destination unreachable (`code`) from 10.0.0.254 quoting `quote`.
+    fn icmp_v4(code: u8, quote: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ipv4([10, 0, 0, 254], [10, 0, 0, 1], 64)
+            .icmpv4_raw(3, code, [0; 4])
+            .write(&mut out, quote)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn an_icmp_unreachable_names_the_quoted_tcp_segment() {
+        let syn = tcp_v4(b"");
+        let pkt = icmp_v4(13, &syn[..28]);
+        let Decoded::Unreachable(u) = decode(linktype::RAW, &pkt, pkt.len() as u32) else {
+            panic!("not decoded as an unreachable");
+        };
+        assert_eq!(
+            (u.from, u.src, u.dst, u.seq, u.reason(), u.connect_error()),
+            (
+                "10.0.0.254".parse().unwrap(),
+                "10.0.0.1:40000".parse().unwrap(),
+                "10.0.0.2:8080".parse().unwrap(),
+                1000,
+                "communication administratively prohibited",
+                "113: No route to host"
+            )
+        );
+    }
+
+    #[test]
+    fn icmp_errors_that_name_no_tcp_segment_are_other_traffic() {
+        let syn = tcp_v4(b"");
+        let mut udp = syn[..28].to_vec();
+        udp[9] = 17;
+        let mut later_fragment = syn[..28].to_vec();
+        later_fragment[7] = 0x10;
+        for (what, pkt) in [
+            ("fragmentation needed", icmp_v4(4, &syn[..28])),
+            ("quote cut inside the TCP header", icmp_v4(1, &syn[..26])),
+            ("quote cut inside the IP header", icmp_v4(1, &syn[..12])),
+            ("a UDP datagram quoted", icmp_v4(1, &udp)),
+            ("a later fragment quoted", icmp_v4(1, &later_fragment)),
+        ] {
+            assert!(
+                matches!(
+                    decode(linktype::RAW, &pkt, pkt.len() as u32),
+                    Decoded::Other
+                ),
+                "{what}"
+            );
+        }
     }
 
     #[test]

@@ -68,6 +68,8 @@ kinds! {
     ConnectRefused => "connect_refused", Error;
     /// SYN never answered (retransmitted, or the capture ends).
     ConnectTimeout => "connect_timeout", Error;
+    /// SYN answered by an ICMP destination unreachable (a firewall's reject, no route).
+    ConnectUnreachable => "connect_unreachable", Error;
     /// SYN answered, but only after retransmissions or a second or more.
     SlowConnect => "slow_connect", Warning;
     /// Server RST after (part of) a request, before any response byte.
@@ -155,6 +157,7 @@ impl Kind {
         match self {
             Kind::ConnectRefused => "nothing accepted connections on that address: the backend is down, restarting (a rolling deploy still routed to), or listening elsewhere; check it is up (ss -ltnp on its host) and the proxy's upstream address",
             Kind::ConnectTimeout => "the SYNs got no answer: the backend host is down or unreachable, or a firewall drops the traffic; test from the proxy host (nc -vz HOST PORT) and check firewall rules",
+            Kind::ConnectUnreachable => "a firewall or router rejected the proxy's connection for the backend: a REJECT rule on the backend's host or on the path (iptables or nftables reject, firewalld's default icmp-host-prohibited), or no route to the backend (its host down, a wrong address); the evidence says who sent the ICMP and why: check that host's firewall rules and routes (from the proxy host: traceroute -T -p PORT BACKEND)",
             Kind::SlowConnect => "the first SYNs were dropped: the backend's accept queue overflows (nstat -az TcpExtListenOverflows on its host; raise its listen backlog and net.core.somaxconn, or add workers) or the path drops packets",
             Kind::ResetBeforeResponse => "the backend reset the connection instead of answering: a worker crashed or was killed (by its own timeout, such as Gunicorn's 30 s, or the OOM killer), a restart, or a socket closed with the request unread; check the backend's logs at that time",
             Kind::ClosedBeforeResponse => "the backend closed without answering: a worker crashed or was killed (by its own timeout, such as Gunicorn's 30 s, or the OOM killer), or the backend timed out reading the request; check its logs at that time",
@@ -205,6 +208,7 @@ impl Kind {
                 "sC",
                 "UF",
             ),
+            Kind::ConnectUnreachable => unreachable_hint("113: No route to host"),
             Kind::ResetBeforeResponse => h(
                 "recv() failed (104: Connection reset by peer) while reading response header from upstream",
                 502,
@@ -367,6 +371,39 @@ pub const MIN_PLAUSIBLE_TIMEOUT_MS: f64 = 100.0;
 /// byte: the proxy's write fails, or its read if its last write had already returned (the
 /// body in the socket's buffer, not yet on the wire). The e2e runs saw nginx log either line
 /// (502 both times) and HAProxy close with `SD--` and no response.
+/// What the gateways log for a connect failed by ICMP, whose error (`errno: text`, see
+/// [`crate::decode::Unreachable::connect_error`]) depends on the ICMP code.
+pub fn unreachable_hint(connect_error: &str) -> GatewayHint {
+    let nginx = match connect_error {
+        "101: Network is unreachable" => {
+            "connect() failed (101: Network is unreachable) while connecting to upstream"
+        }
+        "111: Connection refused" => {
+            "connect() failed (111: Connection refused) while connecting to upstream"
+        }
+        "112: Host is down" => "connect() failed (112: Host is down) while connecting to upstream",
+        "13: Permission denied" => {
+            "connect() failed (13: Permission denied) while connecting to upstream"
+        }
+        "92: Protocol not available" => {
+            "connect() failed (92: Protocol not available) while connecting to upstream"
+        }
+        "95: Operation not supported" => {
+            "connect() failed (95: Operation not supported) while connecting to upstream"
+        }
+        "64: Machine is not on the network" => {
+            "connect() failed (64: Machine is not on the network) while connecting to upstream"
+        }
+        _ => "connect() failed (113: No route to host) while connecting to upstream",
+    };
+    GatewayHint {
+        nginx,
+        nginx_status: 502,
+        haproxy: "SC",
+        envoy: "UF",
+    }
+}
+
 pub fn reset_while_sending_hint() -> GatewayHint {
     GatewayHint {
         nginx: "writev() failed (104: Connection reset by peer) while sending request to upstream, or, if nginx had handed the whole body to its socket already, recv() failed (104: Connection reset by peer) while reading response header from upstream",

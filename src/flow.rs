@@ -9,7 +9,7 @@
 //! tombstone for a while so that stray packets after a RST do not start phantom connections;
 //! a new SYN on the same 4-tuple starts a new connection.
 
-use crate::decode::Segment;
+use crate::decode::{Segment, Unreachable};
 use crate::findings::{Kind, Severity};
 use crate::limits::Limits;
 use crate::reassembly::{Reassembler, StreamSink};
@@ -129,6 +129,13 @@ pub struct FlowStats {
     /// Of those, the ones the proxy went on with (an ACK or data after the SYN-ACK): it
     /// ignored the RST, and what followed was not analysed.
     pub refusal_ignored: u64,
+    /// ICMP destination-unreachable messages about TCP segments that did not fail a
+    /// tracked connect: about an established connection's segments (soft errors the
+    /// connection outlives), or one gatescope does not track.
+    pub unreachable_other: u64,
+    /// Connects answered by ICMP destination unreachable that went on anyway (a SYN-ACK came
+    /// after it: a transient error, or a proxy whose system retries after one).
+    pub unreachable_outlived: u64,
     pub peak_connections: u64,
 }
 
@@ -147,6 +154,8 @@ impl FlowStats {
         self.late_data_packets += o.late_data_packets;
         self.synack_after_refusal += o.synack_after_refusal;
         self.refusal_ignored += o.refusal_ignored;
+        self.unreachable_other += o.unreachable_other;
+        self.unreachable_outlived += o.unreachable_outlived;
         self.peak_connections += o.peak_connections;
     }
 }
@@ -205,6 +214,9 @@ struct Conn {
     first_fin: Option<usize>,
     rst_by: Option<usize>,
     refused: bool,
+    /// The ICMP destination unreachable that answered the SYN, and when it came (boxed: a
+    /// rare event should not widen every connection's state).
+    unreachable: Option<Box<(Unreachable, (Ts, u64))>>,
     /// Any payload seen from the server.
     server_spoke: bool,
     /// What this connection's heads in progress count in the table's [`HeadBudget`].
@@ -476,6 +488,7 @@ impl FlowTable {
                 first_fin: None,
                 rst_by: None,
                 refused: false,
+                unreachable: None,
                 server_spoke: false,
                 heads_held: 0,
             };
@@ -502,6 +515,33 @@ impl FlowTable {
         self.heads.account(c, ctx);
         if done {
             self.close(key, ctx);
+        }
+    }
+
+    /// An ICMP destination unreachable about a segment. One that answers a connection's SYN
+    /// fails the connect (Linux aborts it at once: the proxy's `connect()` returns the error,
+    /// and nginx answers 502); reported when the connection ends unanswered, so that a SYN
+    /// retried and answered after it is not called a failure.
+    #[cold]
+    #[inline(never)]
+    pub fn unreachable(&mut self, u: &Unreachable, ctx: &mut Ctx<'_>) {
+        let key = Key::new(u.src, u.dst);
+        let Some(Entry::Live(c)) = self.conns.get_mut(&key) else {
+            self.stats.unreachable_other += 1;
+            return;
+        };
+        let from_client = c
+            .client
+            .is_some_and(|d| (if d == 0 { c.a } else { c.b }) == u.src);
+        let answers_syn = !c.synack
+            && !c.server_spoke
+            && from_client
+            && c.syn.as_ref().is_some_and(|s| s.isn == u.seq);
+        if answers_syn && c.unreachable.is_none() {
+            c.unreachable = Some(Box::new((*u, (ctx.ts, ctx.frame))));
+            c.last = c.last.max(ctx.ts);
+        } else if !answers_syn {
+            self.stats.unreachable_other += 1;
         }
     }
 
@@ -862,6 +902,9 @@ impl FlowTable {
             }
         }
         let no_answer = c.syn.is_some() && !c.synack && !c.server_spoke;
+        if c.unreachable.is_some() && !no_answer {
+            self.stats.unreachable_outlived += 1;
+        }
         let mut timed_out = false;
         if reason == Some(Close::Evicted) && self.stats.evicted == 1 {
             // The first eviction of this table (of each worker's share with several threads):
@@ -891,6 +934,37 @@ impl FlowTable {
                 None,
                 format!("backend {server} refused the connection (RST to SYN)"),
                 evidence(json!({"syn_sent": tries})),
+            );
+        } else if let (Some((u, at)), true) =
+            (c.unreachable.as_deref(), no_answer && c.rst_by.is_none())
+        {
+            let tries = c.syn.as_ref().map_or(1, |s| s.count);
+            session.em.finding_with_hint(
+                ctx,
+                Kind::ConnectUnreachable,
+                Severity::Error,
+                &ExRef::default(),
+                Some(*at),
+                format!(
+                    "SYN to {server} answered by ICMP destination unreachable ({}) from {}: {}; the proxy's connect failed at once ({})",
+                    u.reason(),
+                    u.from,
+                    if u.from == server.ip() {
+                        "the backend's host (or its firewall) rejected the connection"
+                    } else {
+                        "a router or firewall on the path rejected the connection"
+                    },
+                    u.connect_error()
+                ),
+                evidence(json!({
+                    "icmp_from": u.from.to_string(),
+                    "icmp_type": if u.v6 { 1 } else { 3 },
+                    "icmp_code": u.code,
+                    "reason": u.reason(),
+                    "connect_error": u.connect_error(),
+                    "syn_sent": tries,
+                })),
+                crate::findings::unreachable_hint(u.connect_error()),
             );
         } else if no_answer && c.rst_by.is_none() {
             if let Some(s) = &c.syn {
@@ -997,6 +1071,8 @@ impl FlowTable {
         session.finish(now, ctx);
         let close = if c.refused {
             Close::Refused
+        } else if c.unreachable.is_some() && no_answer && c.rst_by.is_none() {
+            Close::Unreachable
         } else if no_answer && c.rst_by.is_none() && (timed_out || reason != Some(Close::Evicted)) {
             Close::Unanswered
         } else if let Some(d) = c.rst_by {

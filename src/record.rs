@@ -139,6 +139,8 @@ pub enum Close {
     Refused,
     /// SYN never answered.
     Unanswered,
+    /// SYN answered by an ICMP destination unreachable.
+    Unreachable,
     /// Idle longer than `--idle-timeout` (packet time).
     IdleTimeout,
     /// Evicted to stay within `--max-connections`.
@@ -177,6 +179,7 @@ impl Close {
             Close::Reset { by } => format!("RST from {}", by.as_str()),
             Close::Refused => "refused (RST to SYN)".into(),
             Close::Unanswered => "SYN unanswered".into(),
+            Close::Unreachable => "unreachable (ICMP to SYN)".into(),
             Close::IdleTimeout => "idle timeout".into(),
             Close::Evicted => "evicted (connection limit)".into(),
             Close::CaptureEnd => "open at capture end".into(),

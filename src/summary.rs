@@ -593,6 +593,18 @@ impl Summary {
                 self.flow.refusal_ignored
             ));
         }
+        if self.flow.unreachable_outlived > 0 {
+            v.push(format!(
+                "{} connect(s) got an ICMP destination unreachable and then a SYN-ACK (a transient error, or a proxy whose system retries after one): not reported as connect_unreachable",
+                self.flow.unreachable_outlived
+            ));
+        }
+        if self.flow.unreachable_other > 0 {
+            v.push(format!(
+                "{} ICMP destination-unreachable message(s) about TCP segments that were not a connect the capture shows failing (segments of established connections, which outlive such soft errors, or of connections not in the capture): counted, not reported as findings",
+                self.flow.unreachable_other
+            ));
+        }
         if self.flow.late_data_packets > 0 {
             v.push(format!(
                 "{} TCP packet(s) with data or a SYN came after their connection had ended (a RST or both FINs) and were not analysed: retransmissions after a reset, or a RST injected before the real answer (look for a SYN-ACK after a refused connection in Wireshark)",
@@ -731,6 +743,8 @@ impl Summary {
                 "late_data_packets": self.flow.late_data_packets,
                 "synack_after_refusal": self.flow.synack_after_refusal,
                 "refusal_ignored": self.flow.refusal_ignored,
+                "unreachable_other": self.flow.unreachable_other,
+                "unreachable_outlived": self.flow.unreachable_outlived,
             },
             "backends": backends,
             "input_errors": self.input_errors,

@@ -955,6 +955,43 @@ impl Conversation {
         self
     }
 
+    /// SYN, then one RTT later an ICMP destination unreachable (`code` of ICMPv4 type 3, or
+    /// of ICMPv6 type 1 for IPv6 ends) from `from` (a router or firewall; the server's own
+    /// address for its host's firewall), quoting the SYN's IP header and first 8 TCP bytes.
+    pub fn unreachable(&mut self, from: IpAddr, code: u8) -> &mut Self {
+        self.syn_only();
+        let Some((_, syn)) = self.packets.last().cloned() else {
+            return self;
+        };
+        self.advance(self.rtt);
+        let client = self.client.addr.ip();
+        let mut buf = Vec::new();
+        let built = match (from, client) {
+            (IpAddr::V4(f), IpAddr::V4(c)) => {
+                let ihl = usize::from(syn.first().map_or(5, |b| b & 0x0f)) * 4;
+                let quote = syn.get(..ihl + 8).unwrap_or(&syn);
+                PacketBuilder::ipv4(f.octets(), c.octets(), 64)
+                    .icmpv4_raw(3, code, [0; 4])
+                    .write(&mut buf, quote)
+                    .is_ok()
+            }
+            (IpAddr::V6(f), IpAddr::V6(c)) => {
+                let quote = syn.get(..48).unwrap_or(&syn);
+                PacketBuilder::ipv6(f.octets(), c.octets(), 64)
+                    .icmpv6_raw(1, code, [0; 4])
+                    .write(&mut buf, quote)
+                    .is_ok()
+            }
+            // Mixed families cannot be: ICMP goes back over the SYN's IP version.
+            _ => false,
+        };
+        if built {
+            self.packets.push((self.now, buf));
+        }
+        self.now = self.now.saturating_add(self.gap);
+        self
+    }
+
     /// Data from the client, split into MSS segments (PSH on the last); the server ACKs after
     /// every `ack_every` segments and at the end.
     pub fn client_send(&mut self, data: &[u8]) -> &mut Self {

@@ -9,6 +9,7 @@ use common::*;
 const ERROR_KINDS: &[&str] = &[
     "connect_refused",
     "connect_timeout",
+    "connect_unreachable",
     "reset_before_response",
     "reset_during_request",
     "closed_before_response",
@@ -66,6 +67,7 @@ const EXPECTED: &[Sample] = &[
     ),
     ("connect_refused", 0, &[("connect_refused", 0)]),
     ("connect_timeout", 0, &[("connect_timeout", 0)]),
+    ("connect_unreachable", 0, &[("connect_unreachable", 0)]),
     (
         "content_length_with_chunked",
         1,

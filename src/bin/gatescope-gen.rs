@@ -409,6 +409,7 @@ scenarios![
     slow_connect,
     early_response,
     reset_during_request,
+    connect_unreachable,
 ];
 
 fn write_samples(dir: &Path, only: Option<&str>) -> io::Result<()> {
@@ -745,6 +746,15 @@ fn benign_null_loopback(port: u16) -> Sample {
 fn connect_refused(port: u16) -> Sample {
     let mut c = conv(port);
     c.refused();
+    sample(c)
+}
+
+fn connect_unreachable(port: u16) -> Sample {
+    let mut c = conv(port);
+    // A firewall on the path rejects the connection the way firewalld does by default:
+    // ICMP "communication administratively prohibited" (code 13). A Linux proxy's connect()
+    // fails at once with EHOSTUNREACH; nginx answers 502.
+    c.unreachable(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 254)), 13);
     sample(c)
 }
 

@@ -256,7 +256,11 @@ impl Job {
                 let frame = w.ts.len() as u64;
                 w.ts.push(ts);
                 w.max_ts = w.max_ts.max(ts);
-                let Some(seg) = classify(&mut w.read, link, data, len) else {
+                let mut icmp = None;
+                let Some(seg) = classify(&mut w.read, link, data, len, &mut icmp) else {
+                    if let Some(u) = icmp {
+                        w.segs.push_unreachable(frame, ts, &u);
+                    }
                     return;
                 };
                 w.segs.push(frame, ts, &seg, base);
@@ -491,7 +495,7 @@ fn analyse(
             key_frame: frame,
             out,
         };
-        flow.segment(&w.segs.segment(m, base), &mut ctx);
+        w.segs.analyse(m, base, flow, &mut ctx);
     };
     if ix.ticks.quiet_until(w.max_ts) {
         // No tick falls in this window (the usual case: ticks are seconds of packet time

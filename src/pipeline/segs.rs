@@ -7,7 +7,9 @@
 //! time relative to the list's first; IPv6 pairs and times far from the first go to side
 //! tables the entry points into.
 
-use crate::decode::{Flags, Segment};
+use crate::decode::{Flags, Segment, Unreachable};
+use crate::flow::FlowTable;
+use crate::session::Ctx;
 use crate::time::Ts;
 use std::net::{SocketAddr, SocketAddrV4};
 
@@ -20,7 +22,8 @@ pub(super) struct SegInfo {
     /// Microseconds after the list's first time; with [`FAR_TS`], a place in [`Segs::far`]
     /// (see [`Segs::ts`]).
     dt: u32,
-    /// IPv4 source and destination; with [`V6`], `src` is a place in [`Segs::v6`].
+    /// IPv4 source and destination; with [`V6`], `src` is a place in [`Segs::v6`]; with
+    /// [`UNREACHABLE`], in [`Segs::icmp`].
     src: u32,
     dst: u32,
     sport: u16,
@@ -34,7 +37,7 @@ pub(super) struct SegInfo {
     missing: u32,
     window: u16,
     flags: u8,
-    /// [`V6`] and [`FAR_TS`] bits.
+    /// [`V6`], [`FAR_TS`] and [`UNREACHABLE`] bits.
     kind: u8,
 }
 
@@ -43,6 +46,8 @@ const V6: u8 = 1;
 /// The time is not within 71 minutes after the list's first (a long pause in a live
 /// capture, a clock stepped back): in [`Segs::far`].
 const FAR_TS: u8 = 2;
+/// Not a segment but an ICMP error about one (rare): in [`Segs::icmp`].
+const UNREACHABLE: u8 = 4;
 
 /// Per worker, the segments of its connections, in frame order.
 #[derive(Default)]
@@ -50,6 +55,7 @@ pub(super) struct Segs {
     per: Vec<Vec<SegInfo>>,
     v6: Vec<(SocketAddr, SocketAddr)>,
     far: Vec<Ts>,
+    icmp: Vec<Unreachable>,
     /// The first listed segment's frame and time, which the entries count from.
     frame0: u64,
     ts0: Option<Ts>,
@@ -70,15 +76,14 @@ impl Segs {
         }
         self.v6.clear();
         self.far.clear();
+        self.icmp.clear();
         self.ts0 = None;
     }
 
-    /// Lists `seg` (frame `frame`, its payload a part of `base`) for the worker that owns
-    /// its connection. Frames come in order, and a list holds those of one chunk or window:
-    /// far fewer than 2^32 after its first.
+    /// Frame and time as an entry counts them (see [`SegInfo::frame`], [`SegInfo::dt`]),
+    /// and the kind bits for the time.
     #[inline]
-    pub(super) fn push(&mut self, frame: u64, ts: Ts, seg: &Segment, base: &[u8]) {
-        let owner = owner(super::shard_hash(&seg.src, &seg.dst), self.per.len());
+    fn relative(&mut self, frame: u64, ts: Ts) -> (u32, u32, u8) {
         let ts0 = match self.ts0 {
             Some(t) => t,
             None => {
@@ -87,15 +92,23 @@ impl Segs {
                 ts
             }
         };
-        let mut kind = 0;
-        let dt = match u32::try_from(ts.0.wrapping_sub(ts0.0)) {
-            Ok(d) => d,
+        let frame = frame.wrapping_sub(self.frame0) as u32;
+        match u32::try_from(ts.0.wrapping_sub(ts0.0)) {
+            Ok(d) => (frame, d, 0),
             Err(_) => {
-                kind |= FAR_TS;
                 self.far.push(ts);
-                (self.far.len() - 1) as u32
+                (frame, (self.far.len() - 1) as u32, FAR_TS)
             }
-        };
+        }
+    }
+
+    /// Lists `seg` (frame `frame`, its payload a part of `base`) for the worker that owns
+    /// its connection. Frames come in order, and a list holds those of one chunk or window:
+    /// far fewer than 2^32 after its first.
+    #[inline]
+    pub(super) fn push(&mut self, frame: u64, ts: Ts, seg: &Segment, base: &[u8]) {
+        let owner = owner(super::shard_hash(&seg.src, &seg.dst), self.per.len());
+        let (frame, dt, mut kind) = self.relative(frame, ts);
         let (src, dst, sport, dport) = match (seg.src, seg.dst) {
             (SocketAddr::V4(s), SocketAddr::V4(d)) => {
                 (s.ip().to_bits(), d.ip().to_bits(), s.port(), d.port())
@@ -110,7 +123,7 @@ impl Segs {
             return;
         };
         v.push(SegInfo {
-            frame: frame.wrapping_sub(self.frame0) as u32,
+            frame,
             dt,
             src,
             dst,
@@ -126,6 +139,34 @@ impl Segs {
             flags: seg.flags.0,
             kind,
         });
+    }
+
+    /// Lists an ICMP error about a segment for the worker that owns the segment's
+    /// connection.
+    #[cold]
+    pub(super) fn push_unreachable(&mut self, frame: u64, ts: Ts, u: &Unreachable) {
+        let owner = owner(super::shard_hash(&u.src, &u.dst), self.per.len());
+        let (frame, dt, kind) = self.relative(frame, ts);
+        self.icmp.push(*u);
+        let at = (self.icmp.len() - 1) as u32;
+        if let Some(v) = self.per.get_mut(owner) {
+            v.push(SegInfo {
+                frame,
+                dt,
+                src: at,
+                dst: 0,
+                sport: 0,
+                dport: 0,
+                seq: 0,
+                ack: 0,
+                at: 0,
+                len: 0,
+                missing: 0,
+                window: 0,
+                flags: 0,
+                kind: kind | UNREACHABLE,
+            });
+        }
     }
 
     /// The frame number `push` was given for `m`.
@@ -149,9 +190,28 @@ impl Segs {
         self.per.get(id).map_or(&[], |v| &v[..])
     }
 
+    /// Hands what `m` lists to the connection table: a segment (its payload found in
+    /// `base`) or an ICMP error.
+    #[inline]
+    pub(super) fn analyse(&self, m: &SegInfo, base: &[u8], flow: &mut FlowTable, ctx: &mut Ctx) {
+        if m.kind & UNREACHABLE == 0 {
+            flow.segment(&self.segment(m, base), ctx);
+        } else if let Some(u) = self.icmp.get(m.src as usize) {
+            flow.unreachable(u, ctx);
+        }
+    }
+
+    /// The ICMP error `m` lists, if it lists one.
+    #[cfg(test)]
+    fn unreachable_of(&self, m: &SegInfo) -> Option<Unreachable> {
+        (m.kind & UNREACHABLE != 0)
+            .then(|| self.icmp.get(m.src as usize).copied())
+            .flatten()
+    }
+
     /// The segment `m` again, its payload found in `base`.
     #[inline]
-    pub(super) fn segment<'a>(&self, m: &SegInfo, base: &'a [u8]) -> Segment<'a> {
+    fn segment<'a>(&self, m: &SegInfo, base: &'a [u8]) -> Segment<'a> {
         let (src, dst) = if m.kind & V6 == 0 {
             (
                 SocketAddr::V4(SocketAddrV4::new(m.src.into(), m.sport)),
@@ -234,23 +294,37 @@ mod tests {
             };
             segs.push(first + i as u64, ts, &seg, payload);
         }
+        // And an ICMP error about the first connection's SYN.
+        let icmp = Unreachable {
+            from: "2001:db8::fe".parse().unwrap_or_else(|_| unreachable!()),
+            src: v6,
+            dst: v6b,
+            seq: 7,
+            code: 1,
+            v6: true,
+        };
+        segs.push_unreachable(first + 4, times[1], &icmp);
         // Each went to the worker that owns its connection (both directions to the same);
         // put them back in frame order.
         let mut listed: Vec<SegInfo> = (0..2).flat_map(|w| segs.of(w).to_vec()).collect();
         listed.sort_by_key(|m| segs.frame(m));
         let back: Vec<_> = listed
             .iter()
-            .map(|m| {
-                let s = segs.segment(m, payload);
-                (segs.frame(m), segs.ts(m), s.src, s.dst, s.seq, s.payload)
+            .map(|m| match segs.unreachable_of(m) {
+                None => {
+                    let s = segs.segment(m, payload);
+                    (segs.frame(m), segs.ts(m), s.src, s.dst, s.seq, s.payload)
+                }
+                Some(u) => (segs.frame(m), segs.ts(m), u.src, u.dst, u.seq, &[][..]),
             })
             .collect();
-        let sent: Vec<_> = ends
+        let mut sent: Vec<_> = ends
             .iter()
             .zip(times)
             .enumerate()
             .map(|(i, (&(s, d), ts))| (first + i as u64, ts, s, d, 7 + i as u32, &payload[2..]))
             .collect();
+        sent.push((first + 4, times[1], v6, v6b, 7, &[][..]));
         assert_eq!(back, sent);
     }
 }
