@@ -1018,6 +1018,23 @@ fn read_native(mut f: PcapFile, shown: &str, analyzer: &mut Analyzer) -> Result<
     }
 }
 
+/// Applies the user's BPF filter, widened to ICMP destination-unreachable messages: a filter
+/// on the backend's TCP port (the usual one) would drop the firewall rejects that explain a
+/// failed connect (`connect_unreachable`), and they are few. If the widened filter does not
+/// compile, the user's own (whose error, if any, is then the one reported).
+pub fn apply_filter<T: pcap::Activated + ?Sized>(
+    cap: &mut pcap::Capture<T>,
+    filter: &str,
+) -> Result<(), pcap::Error> {
+    let wide = format!(
+        "({filter}) or (icmp[icmptype] == icmp-unreach) or (ip6[6] == 58 and ip6[40] == 1)"
+    );
+    if cap.filter(&wide, true).is_ok() {
+        return Ok(());
+    }
+    cap.filter(filter, true)
+}
+
 fn read_libpcap(
     src: LibpcapSource<'_>,
     shown: &str,
@@ -1043,8 +1060,7 @@ fn read_libpcap(
         ));
     }
     if let Some(f) = filter {
-        cap.filter(f, true)
-            .map_err(|e| format!("invalid filter '{f}': {e}"))?;
+        apply_filter(&mut cap, f).map_err(|e| format!("invalid filter '{f}': {e}"))?;
     }
     let mut records = 0u64;
     loop {

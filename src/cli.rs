@@ -430,7 +430,7 @@ pub fn live(args: &LiveArgs) -> Outcome {
         }
     };
     if let Some(f) = &args.common.filter {
-        if let Err(e) = cap.filter(f, true) {
+        if let Err(e) = capture::apply_filter(&mut cap, f) {
             eprintln!("gatescope: invalid filter '{f}': {e}");
             return Outcome::Failed;
         }

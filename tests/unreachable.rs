@@ -180,3 +180,17 @@ fn fragmentation_needed_is_not_a_failed_connect() {
         (Value::Null, json!(0))
     );
 }
+
+/// The usual capture filter, on the backend's TCP port, still lets the ICMP through: the
+/// reject that explains the failed connect is not filtered away.
+#[test]
+fn a_filter_on_the_backend_port_keeps_the_icmp_that_explains_the_failure() {
+    let mut c = conn("10.0.0.1:41006", "10.0.0.2:8080");
+    c.unreachable(ip(FIREWALL), 10);
+    let (_d, p) = write_conversation(c);
+    let (code, recs, _) = analyze_json(&[&p], &["-f", "tcp port 8080"]);
+    assert_eq!(
+        (code, finding_set(&recs)),
+        (1, vec![("connect_unreachable".to_string(), 0)])
+    );
+}
