@@ -231,33 +231,80 @@ impl Samples {
     /// The time most runs took, if three or more and at least three in four of them lie
     /// within 5 % of their median, and it is long enough to be a setting.
     fn regular(&self) -> Option<Regular> {
-        if self.runs.len() < 3 {
-            return None;
-        }
-        let mut v: Vec<f64> = self.runs.iter().map(|r| r.0).collect();
-        v.sort_by(f64::total_cmp);
-        let median = v[v.len() / 2];
-        if median < MIN_TIMER_MS {
-            return None;
-        }
-        let is_near = |x: f64| (x - median).abs() <= median * 0.05;
-        let near = v.iter().filter(|&&x| is_near(x)).count();
-        if near * 4 < v.len() * 3 {
-            return None;
-        }
-        let mut backends: Vec<SocketAddr> = Vec::new();
+        regular_of(&self.runs)
+    }
+
+    /// The timer's usual lengths: per backend where a backend's own runs agree (two pools
+    /// with different timeouts each get theirs, where together neither reaches three in
+    /// four), the backends whose runs agree on the same length together, and the runs of
+    /// the other backends pooled (many backends with a run or two each, behind one proxy
+    /// timeout). Without a backend of its own pattern, all runs together, as one.
+    fn regulars(&self) -> Vec<Regular> {
+        let mut groups: Vec<(SocketAddr, Vec<(f64, SocketAddr)>)> = Vec::new();
         for &(ms, server) in &self.runs {
-            if is_near(ms) && !backends.contains(&server) {
-                backends.push(server);
+            match groups.iter_mut().find(|(b, _)| *b == server) {
+                Some((_, runs)) => runs.push((ms, server)),
+                None => groups.push((server, vec![(ms, server)])),
             }
         }
-        Some(Regular {
-            median,
-            near,
-            sampled: v.len(),
-            backends,
-        })
+        // Agreeing backends, each with its runs, those of the same length together; the
+        // rest pooled, and then, if they agree, taken as one more group.
+        let mut found: Vec<Vec<(f64, SocketAddr)>> = Vec::new();
+        let mut rest: Vec<(f64, SocketAddr)> = Vec::new();
+        let join = |found: &mut Vec<Vec<(f64, SocketAddr)>>, runs: Vec<(f64, SocketAddr)>| {
+            let Some(r) = regular_of(&runs) else {
+                return Err(runs);
+            };
+            let same = found.iter_mut().find(|f| {
+                regular_of(f).is_some_and(|g| (g.median - r.median).abs() <= g.median * 0.05)
+            });
+            match same {
+                Some(f) => f.extend(runs),
+                None => found.push(runs),
+            }
+            Ok(())
+        };
+        for (_, runs) in groups {
+            if let Err(runs) = join(&mut found, runs) {
+                rest.extend(runs);
+            }
+        }
+        if found.is_empty() {
+            return self.regular().into_iter().collect();
+        }
+        let _ = join(&mut found, rest);
+        found.iter().filter_map(|runs| regular_of(runs)).collect()
     }
+}
+
+/// [`Samples::regular`] of some runs.
+fn regular_of(runs: &[(f64, SocketAddr)]) -> Option<Regular> {
+    if runs.len() < 3 {
+        return None;
+    }
+    let mut v: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    v.sort_by(f64::total_cmp);
+    let median = v[v.len() / 2];
+    if median < MIN_TIMER_MS {
+        return None;
+    }
+    let is_near = |x: f64| (x - median).abs() <= median * 0.05;
+    let near = v.iter().filter(|&&x| is_near(x)).count();
+    if near * 4 < v.len() * 3 {
+        return None;
+    }
+    let mut backends: Vec<SocketAddr> = Vec::new();
+    for &(ms, server) in runs {
+        if is_near(ms) && !backends.contains(&server) {
+            backends.push(server);
+        }
+    }
+    Some(Regular {
+        median,
+        near,
+        sampled: v.len(),
+        backends,
+    })
 }
 
 /// The backends a timer ran against, for its message: up to three by address.
@@ -654,13 +701,14 @@ impl Summary {
     pub fn timer_patterns(&self) -> Vec<TimerPattern> {
         self.timers
             .iter()
-            .filter_map(|(&t, s)| {
+            .flat_map(|(&t, s)| s.regulars().into_iter().map(move |r| (t, r)))
+            .map(|(t, r)| {
                 let Regular {
                     median,
                     near,
                     sampled,
                     backends,
-                } = s.regular()?;
+                } = r;
                 let message = format!(
                     "{near} of {sampled} {} ({}, {}) came {:.1} s after {}: {}",
                     t.ends(),
@@ -675,14 +723,14 @@ impl Summary {
                     },
                     timer_meaning(t, median)
                 );
-                Some(TimerPattern {
+                TimerPattern {
                     timer: t,
                     median_ms: median,
                     near,
                     sampled,
                     backends,
                     message,
-                })
+                }
             })
             .collect()
     }

@@ -14,9 +14,20 @@ const SEC: i64 = 1_000_000;
 /// One connection from client port `port`, starting `start` µs after T0: a GET, then
 /// `after` µs of silence, then `end` closes it.
 fn failing(port: u16, start: i64, after: i64, end: fn(&mut Conversation)) -> Conversation {
+    failing_at("10.0.0.2:8000", port, start, after, end)
+}
+
+/// [`failing`], to backend `server`.
+fn failing_at(
+    server: &str,
+    port: u16,
+    start: i64,
+    after: i64,
+    end: fn(&mut Conversation),
+) -> Conversation {
     let mut c = Conversation::new(
         format!("10.0.0.1:{port}").parse().expect("addr"),
-        "10.0.0.2:8000".parse().expect("addr"),
+        server.parse().expect("addr"),
         T0 + start,
     );
     c.handshake()
@@ -135,6 +146,62 @@ fn keepalive_races_at_5_s_of_idle_are_named_as_the_backends_keepalive_timeout() 
         })
         .collect();
     names_one_timer(convs, "3 of 3 backend closes of a keep-alive connection the proxy reused (keepalive_race, at 10.0.0.2:3000) came 5.0 s after the connection's previous exchange", "Node.js's keepAliveTimeout");
+}
+
+/// Two pools with different worker timeouts, 30 s (Gunicorn's default) and 60 s (Puma's
+/// and Unicorn's), three kills each: together neither is three in four of the runs, so each
+/// is named for its own backend.
+#[test]
+fn two_backends_with_different_timeouts_each_get_theirs() {
+    let convs = (0..6u16)
+        .map(|i| {
+            let (server, after) = if i % 2 == 0 {
+                ("10.0.0.2:8000", 30 * SEC)
+            } else {
+                ("10.0.0.3:8000", 60 * SEC)
+            };
+            failing_at(
+                server,
+                46_000 + i,
+                i64::from(i) * 3 * SEC,
+                after,
+                backend_closes,
+            )
+        })
+        .collect();
+    let t = timeouts(convs);
+    let named = |at: &str, secs: &str, default: &str| {
+        t.iter()
+            .any(|m| m.contains(at) && m.contains(secs) && m.contains(default))
+    };
+    assert!(
+        t.len() == 2
+            && named(
+                "at 10.0.0.2:8000)",
+                "came 30.0 s",
+                "Gunicorn's default --timeout"
+            )
+            && named("at 10.0.0.3:8000)", "came 60.0 s", "Unicorn's timeout"),
+        "{t:?}"
+    );
+}
+
+/// A pool of backends behind one proxy timeout (15 s, Envoy's default): three backends
+/// with three give-ups each, three with one: one timer for all six, not one per backend.
+#[test]
+fn one_timeout_across_a_pool_of_backends_is_named_once() {
+    let convs = (0..12u16)
+        .map(|i| {
+            let server = format!("10.0.1.{}:8000", 1 + i.min(9) / 3 + i.saturating_sub(9));
+            let start = i64::from(i) * SEC;
+            failing_at(&server, 47_000 + i, start, 15 * SEC, proxy_gives_up)
+        })
+        .collect();
+    names_one_timer(
+        convs,
+        "12 of 12 proxy give-ups (abandoned_by_client, at 6 backends) came 15.0 s after",
+        "Envoy's default route timeout",
+    );
 }
 
 /// Crashes come whenever: no timer to name.
