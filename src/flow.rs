@@ -678,7 +678,7 @@ impl FlowTable {
         };
         if first_synack && side == Side::Server {
             if let (Some(syn), Some(s)) = (&c.syn, c.session.as_mut()) {
-                slow_connect_finding(s, syn, ctx);
+                slow_connect_finding(s, syn, c.unreachable.as_deref(), ctx);
             }
         }
         if side == Side::Server && has_payload {
@@ -1315,13 +1315,29 @@ fn sent_upto(
 /// The backend answered the SYN, but late: after retransmitted SYNs (the first ones were
 /// dropped — a full listen queue, `net.ipv4.tcp_max_syn_backlog`, a firewall) or a second
 /// or more after it. Each retransmission adds 1 s, then 2, 4…: exactly the connect times that
-/// run into a short `proxy_connect_timeout` (504) and otherwise show as slow requests.
-fn slow_connect_finding(s: &mut Session, syn: &Syn, ctx: &mut Ctx<'_>) {
+/// run into a short `proxy_connect_timeout` (504) and otherwise show as slow requests. After
+/// an ICMP error about the SYN (`icmp`), the wait is that error's: said, with who sent it.
+fn slow_connect_finding(
+    s: &mut Session,
+    syn: &Syn,
+    icmp: Option<&(Unreachable, (Ts, u64))>,
+    ctx: &mut Ctx<'_>,
+) {
     if !syn.waited(ctx.ts) {
         return;
     }
     let ms = ctx.ts.ms_since(syn.at.0);
-    let msg = if syn.count >= 2 {
+    let mut ev = json!({"syn_sent": syn.count, "connect_ms": ms});
+    let msg = if let Some((u, _)) = icmp {
+        ev["icmp_from"] = json!(u.from.to_string());
+        ev["reason"] = json!(u.reason());
+        format!(
+            "the backend answered the proxy's SYN only after {} attempts, {ms:.0} ms after the first, which an ICMP destination unreachable ({}) from {} had answered: a transient reject or route change on the way",
+            syn.count,
+            u.reason(),
+            u.from
+        )
+    } else if syn.count >= 2 {
         format!(
             "the backend answered the proxy's SYN only after {} attempts, {ms:.0} ms after the first: the earlier SYNs went unanswered (the backend's listen queue full, or SYNs dropped on the way)",
             syn.count
@@ -1338,7 +1354,7 @@ fn slow_connect_finding(s: &mut Session, syn: &Syn, ctx: &mut Ctx<'_>) {
         &ExRef::default(),
         Some(syn.at),
         msg,
-        evidence(json!({"syn_sent": syn.count, "connect_ms": ms})),
+        evidence(ev),
     );
 }
 

@@ -108,8 +108,8 @@ fn icmpv6_administratively_prohibited_is_permission_denied() {
 }
 
 /// A transient error: the SYN is sent again a second later and answered, and the exchange
-/// completes. No failure: a slow connect (the proxy waited), and the summary counts the
-/// ICMP that did not end the connect.
+/// completes. No failure: a slow connect (the proxy waited) that names the ICMP's sender,
+/// and the summary counts the ICMP that did not end the connect.
 #[test]
 fn an_unreachable_the_connect_outlived_is_only_counted() {
     let mut c = conn("10.0.0.1:41003", "10.0.0.2:8080");
@@ -119,13 +119,20 @@ fn an_unreachable_the_connect_outlived_is_only_counted() {
         .server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
     let (code, recs, _) = analyse(c);
     let summary = &of_type(&recs, "summary")[0];
+    let slow = first_finding(&recs, "slow_connect");
     assert_eq!(
         (
             code,
             finding_set(&recs),
+            slow["evidence"]["icmp_from"].clone(),
             summary["tcp"]["unreachable_outlived"].clone()
         ),
-        (0, vec![("slow_connect".to_string(), 0)], json!(1))
+        (
+            0,
+            vec![("slow_connect".to_string(), 0)],
+            json!(FIREWALL),
+            json!(1)
+        )
     );
 }
 
