@@ -76,6 +76,9 @@ pub struct Segment<'a> {
     pub payload: &'a [u8],
     /// Payload bytes that were on the wire after `payload` but cut off by the snaplen.
     pub missing: u32,
+    /// The IPv4 TTL or IPv6 hop limit as captured: the same on every packet one host sends
+    /// along one path, so a reset with another came from somewhere else.
+    pub ttl: u8,
 }
 
 /// An ICMP "destination unreachable" about a TCP segment: what a router or a firewall sends
@@ -190,7 +193,7 @@ fn fast_tcp(link: i32, data: &[u8]) -> Option<Segment<'_>> {
         },
         _ => return None,
     };
-    let (src, dst, tcp) = match ether_type {
+    let (src, dst, ttl, tcp) = match ether_type {
         0x0800 => {
             let h = ip.get(..20)?;
             let ihl = usize::from(h[0] & 0x0f) * 4;
@@ -207,7 +210,7 @@ fn fast_tcp(link: i32, data: &[u8]) -> Option<Segment<'_>> {
             }
             let src = IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15]));
             let dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
-            (src, dst, ip.get(ihl..total)?)
+            (src, dst, h[8], ip.get(ihl..total)?)
         }
         0x86dd => {
             let h = ip.get(..40)?;
@@ -219,7 +222,7 @@ fn fast_tcp(link: i32, data: &[u8]) -> Option<Segment<'_>> {
             let a = |i: usize| -> Option<[u8; 16]> { h.get(i..i + 16)?.try_into().ok() };
             let src = IpAddr::V6(Ipv6Addr::from(a(8)?));
             let dst = IpAddr::V6(Ipv6Addr::from(a(24)?));
-            (src, dst, ip.get(40..40 + len)?)
+            (src, dst, h[7], ip.get(40..40 + len)?)
         }
         _ => return None,
     };
@@ -237,6 +240,7 @@ fn fast_tcp(link: i32, data: &[u8]) -> Option<Segment<'_>> {
         window: u16::from_be_bytes([t[14], t[15]]),
         payload: tcp.get(doff..)?,
         missing: 0,
+        ttl,
     })
 }
 
@@ -330,7 +334,7 @@ fn pppoe_payload<'a>(p: &LaxSlicedPacket<'a>) -> Option<(EtherType, &'a [u8])> {
 fn from_lax(p: LaxSlicedPacket<'_>, cut: u32) -> Decoded<'_> {
     // Bytes of the IP payload the header declares but the capture does not hold (snaplen):
     // taken from the IP length, not the frame length, so link trailers and padding never count.
-    let (src_ip, dst_ip, fragmented, missing, carries_tcp) = match &p.net {
+    let (src_ip, dst_ip, ttl, fragmented, missing, carries_tcp) = match &p.net {
         Some(LaxNetSlice::Ipv4(v4)) => {
             let h = v4.header();
             let pl = v4.payload();
@@ -343,6 +347,7 @@ fn from_lax(p: LaxSlicedPacket<'_>, cut: u32) -> Decoded<'_> {
             (
                 IpAddr::V4(h.source_addr()),
                 IpAddr::V4(h.destination_addr()),
+                h.ttl(),
                 pl.fragmented,
                 missing,
                 pl.ip_number == IpNumber::TCP,
@@ -361,6 +366,7 @@ fn from_lax(p: LaxSlicedPacket<'_>, cut: u32) -> Decoded<'_> {
             (
                 IpAddr::V6(h.source_addr()),
                 IpAddr::V6(h.destination_addr()),
+                h.hop_limit(),
                 pl.fragmented,
                 missing,
                 pl.ip_number == IpNumber::TCP,
@@ -399,6 +405,7 @@ fn from_lax(p: LaxSlicedPacket<'_>, cut: u32) -> Decoded<'_> {
                 window: tcp.window_size(),
                 payload: tcp.payload(),
                 missing: u32::try_from(missing).unwrap_or(u32::MAX),
+                ttl,
             })
         }
         Some(TransportSlice::Icmpv4(icmp)) if icmp.type_u8() == 3 && icmp.code_u8() != 4 => {

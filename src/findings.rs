@@ -70,6 +70,8 @@ kinds! {
     ConnectTimeout => "connect_timeout", Error;
     /// SYN answered by an ICMP destination unreachable (a firewall's reject, no route).
     ConnectUnreachable => "connect_unreachable", Error;
+    /// The reset that ended a connection came with another TTL than its side's packets.
+    MiddleboxReset => "middlebox_reset", Warning;
     /// SYN answered, but only after retransmissions or a second or more.
     SlowConnect => "slow_connect", Warning;
     /// Server RST after (part of) a request, before any response byte.
@@ -158,6 +160,7 @@ impl Kind {
             Kind::ConnectRefused => "nothing accepted connections on that address: the backend is down, restarting (a rolling deploy still routed to), or listening elsewhere; check it is up (ss -ltnp on its host) and the proxy's upstream address",
             Kind::ConnectTimeout => "the SYNs got no answer: the backend host is down or unreachable, or a firewall drops the traffic; test from the proxy host (nc -vz HOST PORT) and check firewall rules",
             Kind::ConnectUnreachable => "a firewall or router rejected the proxy's connection for the backend: a REJECT rule on the backend's host or on the path (iptables or nftables reject, firewalld's default icmp-host-prohibited), or no route to the backend (its host down, a wrong address); the evidence says who sent the ICMP and why: check that host's firewall rules and routes (from the proxy host: traceroute -T -p PORT BACKEND)",
+            Kind::MiddleboxReset => "find the device that sent the reset: a different TTL means a different hop (traceroute -T -p PORT BACKEND from the proxy host lists them); a load balancer's or firewall's idle timeout shorter than the proxy's keep-alive timeout for upstream connections resets idle pooled connections: make the proxy's shorter (nginx keepalive_timeout in the upstream block) or send TCP keepalives more often than that timeout",
             Kind::SlowConnect => "the first SYNs were dropped: the backend's accept queue overflows (nstat -az TcpExtListenOverflows on its host; raise its listen backlog and net.core.somaxconn, or add workers) or the path drops packets",
             Kind::ResetBeforeResponse => "the backend reset the connection instead of answering: a worker crashed or was killed (by its own timeout, such as Gunicorn's 30 s, or the OOM killer), a restart, or a socket closed with the request unread; check the backend's logs at that time",
             Kind::ClosedBeforeResponse => "the backend closed without answering: a worker crashed or was killed (by its own timeout, such as Gunicorn's 30 s, or the OOM killer), or the backend timed out reading the request; check its logs at that time",
@@ -209,6 +212,12 @@ impl Kind {
                 "UF",
             ),
             Kind::ConnectUnreachable => unreachable_hint("113: No route to host"),
+            Kind::MiddleboxReset => h(
+                "as for the backend's own reset in that phase, e.g. recv() failed (104: Connection reset by peer) while reading response header from upstream (see the reset's finding); on an idle pooled connection nothing: nginx drops it",
+                502,
+                "as for the backend's reset (SH, SD)",
+                "UR",
+            ),
             Kind::ResetBeforeResponse => h(
                 "recv() failed (104: Connection reset by peer) while reading response header from upstream",
                 502,

@@ -177,6 +177,8 @@ struct Dir {
     /// Any segment of this direction was captured (a capture of one direction only, from
     /// asymmetric routing or a one-sided filter, knows the other only from its ACKs).
     seen: bool,
+    /// The TTL (hop limit) of this direction's first segment that was not a reset.
+    ttl: Option<u8>,
 }
 
 #[derive(Debug)]
@@ -213,6 +215,8 @@ struct Conn {
     packets: u64,
     first_fin: Option<usize>,
     rst_by: Option<usize>,
+    /// The first reset's TTL and when it came (boxed: most connections have none).
+    rst: Option<Box<(u8, (Ts, u64))>>,
     refused: bool,
     /// The ICMP destination unreachable that answered the SYN, and when it came (boxed: a
     /// rare event should not widen every connection's state).
@@ -487,6 +491,7 @@ impl FlowTable {
                 packets: 0,
                 first_fin: None,
                 rst_by: None,
+                rst: None,
                 refused: false,
                 unreachable: None,
                 server_spoke: false,
@@ -578,6 +583,9 @@ impl FlowTable {
         c.last = ctx.ts;
         c.dirs[d].seen = true;
         let flags = seg.flags;
+        if c.dirs[d].ttl.is_none() && !flags.rst() {
+            c.dirs[d].ttl = Some(seg.ttl);
+        }
         // The handshake's answer, the first time: how long the backend took to accept.
         let first_synack = flags.syn() && flags.ack() && !c.synack;
 
@@ -705,6 +713,9 @@ impl FlowTable {
 
         if flags.rst() {
             c.dirs[d].rst = true;
+            if c.rst_by.is_none() {
+                c.rst = Some(Box::new((seg.ttl, (ctx.ts, ctx.frame))));
+            }
             c.rst_by.get_or_insert(d);
             if side == Side::Server && c.syn.is_some() && !c.synack && !c.server_spoke {
                 c.refused = true;
@@ -899,6 +910,26 @@ impl FlowTable {
             match side {
                 Side::Client => session.client_close(CloseKind::Rst, ctx),
                 Side::Server => session.server_close(CloseKind::Rst, None, ctx),
+            }
+        }
+        if let (Some(d), Some(&(rst_ttl, at))) = (c.rst_by, c.rst.as_deref()) {
+            if let Some(ttl) = c.dirs[d].ttl.filter(|&t| t != rst_ttl) {
+                let (who, side) = if d == client_dir {
+                    ("the proxy", "client")
+                } else {
+                    ("the backend", "server")
+                };
+                session.em.finding(
+                    ctx,
+                    Kind::MiddleboxReset,
+                    Severity::Warning,
+                    &ExRef::default(),
+                    Some(at),
+                    format!(
+                        "the reset that ended the connection, from {who}'s address, came with TTL {rst_ttl} where {who}'s other packets had {ttl}: something on the path sent it (a load balancer's or firewall's idle timeout, conntrack), not {who} itself"
+                    ),
+                    evidence(json!({"side": side, "rst_ttl": rst_ttl, "ttl": ttl})),
+                );
             }
         }
         let no_answer = c.syn.is_some() && !c.synack && !c.server_spoke;

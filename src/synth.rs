@@ -781,6 +781,13 @@ impl Conversation {
         self
     }
 
+    /// The TTL (IPv6 hop limit) of the packets emitted from now on, either side: a reset
+    /// a middlebox sends carries its own.
+    pub fn set_ttl(&mut self, ttl: u8) -> &mut Self {
+        self.ttl = ttl;
+        self
+    }
+
     pub fn client_addr(&self) -> SocketAddr {
         self.client.addr
     }

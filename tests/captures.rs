@@ -68,6 +68,7 @@ const EXPECTED: &[Sample] = &[
     ("connect_refused", 0, &[("connect_refused", 0)]),
     ("connect_timeout", 0, &[("connect_timeout", 0)]),
     ("connect_unreachable", 0, &[("connect_unreachable", 0)]),
+    ("middlebox_reset", 1, &[("middlebox_reset", 0)]),
     (
         "content_length_with_chunked",
         1,

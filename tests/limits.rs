@@ -22,6 +22,7 @@ fn seg<'a>(src: &str, dst: &str, seq: u32, ack: u32, flags: u8, payload: &'a [u8
         window: 65535,
         payload,
         missing: 0,
+        ttl: 64,
     }
 }
 

@@ -410,6 +410,7 @@ scenarios![
     early_response,
     reset_during_request,
     connect_unreachable,
+    middlebox_reset,
 ];
 
 fn write_samples(dir: &Path, only: Option<&str>) -> io::Result<()> {
@@ -755,6 +756,17 @@ fn connect_unreachable(port: u16) -> Sample {
     // ICMP "communication administratively prohibited" (code 13). A Linux proxy's connect()
     // fails at once with EHOSTUNREACH; nginx answers 502.
     c.unreachable(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 254)), 13);
+    sample(c)
+}
+
+fn middlebox_reset(port: u16) -> Sample {
+    let mut c = conv(port);
+    c.handshake();
+    exchange(&mut c, &get("/api/items/7"), |t| json_ok(t, 300, 5));
+    // Idle in the proxy's keep-alive pool until a firewall between them drops the
+    // connection at its idle timeout (120 s here) and resets it, in the backend's name but
+    // with its own TTL.
+    c.advance(120 * SEC).set_ttl(249).server_rst();
     sample(c)
 }
 

@@ -34,12 +34,17 @@ pub(super) struct SegInfo {
     /// plus one record is far below 4 GiB (a record is at most 256 KiB).
     at: u32,
     len: u32,
-    missing: u32,
+    /// Bytes missing (at most an IP packet's 65,535: 24 bits) and, in the top 8 bits, the
+    /// TTL.
+    missing_ttl: u32,
     window: u16,
     flags: u8,
     /// [`V6`], [`FAR_TS`] and [`UNREACHABLE`] bits.
     kind: u8,
 }
+
+/// The most [`SegInfo::missing_ttl`] counts of missing bytes.
+const MISSING_MAX: u32 = 0x00ff_ffff;
 
 /// The ends are IPv6 (or mixed): in [`Segs::v6`].
 const V6: u8 = 1;
@@ -134,7 +139,7 @@ impl Segs {
             // `base` holds the payload (see the field).
             at: (seg.payload.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize) as u32,
             len: seg.payload.len() as u32,
-            missing: seg.missing,
+            missing_ttl: seg.missing.min(MISSING_MAX) | u32::from(seg.ttl) << 24,
             window: seg.window,
             flags: seg.flags.0,
             kind,
@@ -161,7 +166,7 @@ impl Segs {
                 ack: 0,
                 at: 0,
                 len: 0,
-                missing: 0,
+                missing_ttl: 0,
                 window: 0,
                 flags: 0,
                 kind: kind | UNREACHABLE,
@@ -232,7 +237,8 @@ impl Segs {
             flags: Flags(m.flags),
             window: m.window,
             payload: base.get(at..at + m.len as usize).unwrap_or_default(),
-            missing: m.missing,
+            missing: m.missing_ttl & MISSING_MAX,
+            ttl: (m.missing_ttl >> 24) as u8,
         }
     }
 }
@@ -291,6 +297,7 @@ mod tests {
                 window: 512,
                 payload: &payload[2..],
                 missing: 3,
+                ttl: 60 + i as u8,
             };
             segs.push(first + i as u64, ts, &seg, payload);
         }
@@ -313,18 +320,28 @@ mod tests {
             .map(|m| match segs.unreachable_of(m) {
                 None => {
                     let s = segs.segment(m, payload);
-                    (segs.frame(m), segs.ts(m), s.src, s.dst, s.seq, s.payload)
+                    let more = (s.seq, s.missing, s.ttl, s.payload);
+                    (segs.frame(m), segs.ts(m), s.src, s.dst, more)
                 }
-                Some(u) => (segs.frame(m), segs.ts(m), u.src, u.dst, u.seq, &[][..]),
+                Some(u) => (
+                    segs.frame(m),
+                    segs.ts(m),
+                    u.src,
+                    u.dst,
+                    (u.seq, 0, 0, &[][..]),
+                ),
             })
             .collect();
         let mut sent: Vec<_> = ends
             .iter()
             .zip(times)
             .enumerate()
-            .map(|(i, (&(s, d), ts))| (first + i as u64, ts, s, d, 7 + i as u32, &payload[2..]))
+            .map(|(i, (&(s, d), ts))| {
+                let more = (7 + i as u32, 3, 60 + i as u8, &payload[2..]);
+                (first + i as u64, ts, s, d, more)
+            })
             .collect();
-        sent.push((first + 4, times[1], v6, v6b, 7, &[][..]));
+        sent.push((first + 4, times[1], v6, v6b, (7, 0, 0, &[][..])));
         assert_eq!(back, sent);
     }
 }
