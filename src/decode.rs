@@ -594,6 +594,42 @@ mod test {
         }
     }
 
+    /// Every cut and every single-byte change of an ICMP error quoting a SYN (IPv4 and
+    /// IPv6) decodes without a panic, and only the whole message names a segment.
+    #[test]
+    fn damaged_icmp_errors_are_not_a_panic() {
+        let syn = tcp_v4(b"");
+        let mut quote6 = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
+        quote6.extend_from_slice(&[1; 16]);
+        quote6.extend_from_slice(&[2; 16]);
+        quote6.extend_from_slice(&syn[20..28]);
+        let mut v6 = Vec::new();
+        PacketBuilder::ipv6([2; 16], [1; 16], 64)
+            .icmpv6_raw(1, 1, [0; 4])
+            .write(&mut v6, &quote6)
+            .unwrap();
+        for pkt in [icmp_v4(13, &syn[..28]), v6] {
+            let names: Vec<bool> = (0..=pkt.len())
+                .map(|cut| {
+                    let p = &pkt[..cut];
+                    matches!(
+                        decode(linktype::RAW, p, pkt.len() as u32),
+                        Decoded::Unreachable(_)
+                    )
+                })
+                .collect();
+            let only_whole: Vec<bool> = (0..=pkt.len()).map(|cut| cut == pkt.len()).collect();
+            assert_eq!(names, only_whole);
+            for i in 0..pkt.len() {
+                for v in [0u8, 1, 6, 0x45, 0x60, 0xff] {
+                    let mut p = pkt.clone();
+                    p[i] = v;
+                    let _ = decode(linktype::RAW, &p, p.len() as u32);
+                }
+            }
+        }
+    }
+
     #[test]
     fn snaplen_cut_counts_missing_payload() {
         let pkt = tcp_v4(&[b'x'; 100]);
