@@ -936,6 +936,9 @@ impl FlowTable {
         if c.unreachable.is_some() && !no_answer {
             self.stats.unreachable_outlived += 1;
         }
+        // No answer and no reset: an unanswered SYN, or one an ICMP error failed.
+        let unanswered = no_answer && c.rst_by.is_none();
+        let rejected = c.unreachable.as_deref().filter(|_| unanswered);
         let mut timed_out = false;
         if reason == Some(Close::Evicted) && self.stats.evicted == 1 {
             // The first eviction of this table (of each worker's share with several threads):
@@ -966,9 +969,7 @@ impl FlowTable {
                 format!("backend {server} refused the connection (RST to SYN)"),
                 evidence(json!({"syn_sent": tries})),
             );
-        } else if let (Some((u, at)), true) =
-            (c.unreachable.as_deref(), no_answer && c.rst_by.is_none())
-        {
+        } else if let Some((u, at)) = rejected {
             let tries = c.syn.as_ref().map_or(1, |s| s.count);
             session.em.finding_with_hint(
                 ctx,
@@ -997,7 +998,7 @@ impl FlowTable {
                 })),
                 crate::findings::unreachable_hint(u.connect_error()),
             );
-        } else if no_answer && c.rst_by.is_none() {
+        } else if unanswered {
             if let Some(s) = &c.syn {
                 // Only a wait the capture shows: a SYN evicted to make room (a burst of new
                 // connections, a flood) may have been answered a moment later.
@@ -1102,9 +1103,9 @@ impl FlowTable {
         session.finish(now, ctx);
         let close = if c.refused {
             Close::Refused
-        } else if c.unreachable.is_some() && no_answer && c.rst_by.is_none() {
+        } else if rejected.is_some() {
             Close::Unreachable
-        } else if no_answer && c.rst_by.is_none() && (timed_out || reason != Some(Close::Evicted)) {
+        } else if unanswered && (timed_out || reason != Some(Close::Evicted)) {
             Close::Unanswered
         } else if let Some(d) = c.rst_by {
             Close::Reset {

@@ -247,20 +247,25 @@ impl Samples {
                 None => groups.push((server, vec![(ms, server)])),
             }
         }
-        // Agreeing backends, each with its runs, those of the same length together; the
-        // rest pooled, and then, if they agree, taken as one more group.
-        let mut found: Vec<Vec<(f64, SocketAddr)>> = Vec::new();
+        // Agreeing backends, each with its runs, those of the same length together (each
+        // group with its median while it is still regular); the rest pooled, and then, if
+        // they agree, taken as one more group.
+        type Group = (Option<f64>, Vec<(f64, SocketAddr)>);
+        let mut found: Vec<Group> = Vec::new();
         let mut rest: Vec<(f64, SocketAddr)> = Vec::new();
-        let join = |found: &mut Vec<Vec<(f64, SocketAddr)>>, runs: Vec<(f64, SocketAddr)>| {
+        let join = |found: &mut Vec<Group>, runs: Vec<(f64, SocketAddr)>| {
             let Some(r) = regular_of(&runs) else {
                 return Err(runs);
             };
-            let same = found.iter_mut().find(|f| {
-                regular_of(f).is_some_and(|g| (g.median - r.median).abs() <= g.median * 0.05)
-            });
+            let same = found
+                .iter_mut()
+                .find(|(median, _)| median.is_some_and(|g| (g - r.median).abs() <= g * 0.05));
             match same {
-                Some(f) => f.extend(runs),
-                None => found.push(runs),
+                Some((median, group)) => {
+                    group.extend(runs);
+                    *median = regular_of(group).map(|g| g.median);
+                }
+                None => found.push((Some(r.median), runs)),
             }
             Ok(())
         };
@@ -273,7 +278,10 @@ impl Samples {
             return self.regular().into_iter().collect();
         }
         let _ = join(&mut found, rest);
-        found.iter().filter_map(|runs| regular_of(runs)).collect()
+        found
+            .iter()
+            .filter_map(|(_, runs)| regular_of(runs))
+            .collect()
     }
 }
 
