@@ -64,6 +64,8 @@ pub(super) struct Segs {
     /// The first listed segment's frame and time, which the entries count from.
     frame0: u64,
     ts0: Option<Ts>,
+    /// The CPU has PREFETCHW (see [`prefetch_write`]).
+    write_hint: bool,
 }
 
 impl Segs {
@@ -71,6 +73,7 @@ impl Segs {
     pub(super) fn new(workers: usize, cap: usize) -> Segs {
         Segs {
             per: (0..workers).map(|_| Vec::with_capacity(cap)).collect(),
+            write_hint: has_prefetchw(),
             ..Segs::default()
         }
     }
@@ -127,6 +130,9 @@ impl Segs {
         let Some(v) = self.per.get_mut(owner) else {
             return;
         };
+        if self.write_hint {
+            prefetch_write(v, AHEAD);
+        }
         v.push(SegInfo {
             frame,
             dt,
@@ -241,6 +247,57 @@ impl Segs {
             ttl: (m.missing_ttl >> 24) as u8,
         }
     }
+}
+
+/// Entries ahead of the one being written whose line [`Segs::push`] asks for.
+const AHEAD: usize = 4;
+
+/// Asks for the line of `v`'s entry `ahead` places past its end, for writing, if the vector
+/// has room there.
+///
+/// Why: the lists' buffers are reused window after window, and their lines were last read
+/// by the worker that analysed them, on the other core. A plain store to such a line waits
+/// for the other core to give it up, and the index walk stalls behind its stores: the
+/// entries' first stores were the most sampled instructions of two threads' walk. Asking a
+/// few entries ahead overlaps that hand-over with the walk (two threads: −2 % wall time,
+/// −10 ms of CPU per GB, interleaved runs; see benches/PERFORMANCE.md).
+///
+/// PREFETCHW through `asm!`: `_mm_prefetch` with `_MM_HINT_ET0` compiles to nothing
+/// unless the whole crate is built for CPUs that have it; callers check
+/// [`has_prefetchw`].
+#[inline(always)]
+fn prefetch_write<T>(v: &Vec<T>, ahead: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if v.len() + ahead < v.capacity() {
+        // SAFETY: an address inside the vector's allocation; the CPU has the instruction
+        // (`has_prefetchw`); a prefetch is a hint that changes nothing architecturally and
+        // cannot fault.
+        unsafe {
+            std::arch::asm!(
+                "prefetchw [{0}]",
+                in(reg) v.as_ptr().add(v.len() + ahead),
+                options(nostack, preserves_flags, readonly)
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (v, ahead);
+}
+
+/// Whether the CPU has PREFETCHW (CPUID 8000_0001h, ECX bit 8), asked once: CPUID is a
+/// trip to the hypervisor in a VM.
+fn has_prefetchw() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::__cpuid;
+            // Extended leaves are read only if the CPU reports them.
+            __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
 }
 
 /// The worker (of `n`) that owns a connection with shard hash `hash`: the hash scaled to
