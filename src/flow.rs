@@ -25,6 +25,27 @@ use std::sync::Arc;
 
 /// How long a closed connection's 4-tuple is remembered (packet time).
 const LINGER_US: u64 = 30_000_000;
+
+/// How long a connection finished for idleness is remembered as [`Dormant`] (packet time):
+/// Envoy's default upstream idle timeout, the longest of the common pools (Google's load
+/// balancers keep backend connections 600 s, AWS's NLB 350 s).
+const DORMANT_US: u64 = 3_600_000_000;
+
+/// A keep-alive connection that gatescope finished for idleness (`--idle-timeout`), kept
+/// small in case the proxy reuses it: pools keep idle connections for minutes, and the
+/// request that finally reuses one is where a keep-alive race happens. Without this, the
+/// reuse looked like a connection picked up mid-stream: exchange 1, no idle time, so
+/// neither the race's evidence nor the backend's idle timer could be read from it.
+#[derive(Clone, Copy, Debug)]
+struct Dormant {
+    /// The finished connection's record id, its server, and its last packet.
+    conn: ConnId,
+    server: SocketAddr,
+    last: Ts,
+    /// Its exchanges, and when its last response ended.
+    exchanges: u32,
+    last_response_end: Option<Ts>,
+}
 /// A SYN that has had no answer for this long after its last retransmission is unanswered.
 const SYN_WAIT_US: u64 = 5_000_000;
 /// A SYN is reported unanswered at capture end, or when evicted, only if it waited at least
@@ -113,6 +134,8 @@ impl Key {
 pub struct FlowStats {
     pub connections: u64,
     pub midstream: u64,
+    /// Connections finished for idleness that the proxy reused later (see [`Dormant`]).
+    pub resumed: u64,
     pub evicted: u64,
     pub idle_expired: u64,
     pub retransmitted_bytes: u64,
@@ -143,6 +166,7 @@ impl FlowStats {
     pub fn merge(&mut self, o: &FlowStats) {
         self.connections += o.connections;
         self.midstream += o.midstream;
+        self.resumed += o.resumed;
         self.evicted += o.evicted;
         self.idle_expired += o.idle_expired;
         self.retransmitted_bytes += o.retransmitted_bytes;
@@ -225,6 +249,8 @@ struct Conn {
     server_spoke: bool,
     /// What this connection's heads in progress count in the table's [`HeadBudget`].
     heads_held: usize,
+    /// The connection finished for idleness that this one continues (boxed: rare).
+    resumes: Option<Box<Dormant>>,
 }
 
 #[derive(Debug)]
@@ -297,6 +323,11 @@ pub struct FlowTable {
     max_connections: usize,
     ooo: OooBudget,
     heads: HeadBudget,
+    /// Connections finished for idleness, by 4-tuple, and the order they were finished in
+    /// (to forget them after [`DORMANT_US`], or the oldest beyond `max_connections`);
+    /// an order entry whose `last` no longer matches the map's is stale.
+    dormant: FxHashMap<Key, Dormant>,
+    dormant_order: std::collections::VecDeque<(Ts, Key)>,
 }
 
 /// Bytes of heads still being collected by all of a table's connections, against
@@ -359,6 +390,8 @@ impl FlowTable {
             max_connections,
             ooo,
             heads,
+            dormant: FxHashMap::default(),
+            dormant_order: std::collections::VecDeque::new(),
         }
     }
 
@@ -496,6 +529,12 @@ impl FlowTable {
                 unreachable: None,
                 server_spoke: false,
                 heads_held: 0,
+                // A new SYN on the 4-tuple starts afresh.
+                resumes: self
+                    .dormant
+                    .remove(&key)
+                    .filter(|_| !is_new_syn)
+                    .map(Box::new),
             };
             self.stats.connections += 1;
             let entry = Entry::Live(Box::new(conn));
@@ -547,6 +586,56 @@ impl FlowTable {
             c.last = c.last.max(ctx.ts);
         } else if !answers_syn {
             self.stats.unreachable_other += 1;
+        }
+    }
+
+    /// What an idle connection leaves for its continuation: only a keep-alive connection
+    /// that is open both ways and has had an exchange (one that is closing, or never
+    /// carried a request, has nothing to continue).
+    fn dormant_of(c: &Conn) -> Option<Dormant> {
+        let s = c.session.as_ref()?;
+        let (exchanges, last_response_end) = s.dormant();
+        let client = c.client?;
+        let open = c.rst_by.is_none() && !c.dirs[0].fin && !c.dirs[1].fin;
+        (open && exchanges > 0).then_some(Dormant {
+            conn: c.id,
+            server: if client == 0 { c.b } else { c.a },
+            last: c.last,
+            exchanges,
+            last_response_end,
+        })
+    }
+
+    fn remember(&mut self, key: Key, d: Dormant) {
+        if self.dormant.len() >= self.max_connections {
+            while let Some((at, k)) = self.dormant_order.pop_front() {
+                if self.dormant.get(&k).is_some_and(|o| o.last == at) {
+                    self.dormant.remove(&k);
+                    break;
+                }
+            }
+        }
+        self.dormant_order.push_back((d.last, key));
+        self.dormant.insert(key, d);
+    }
+
+    /// Forgets connections finished for idleness more than [`DORMANT_US`] before `now`.
+    fn forget_dormant(&mut self, now: Ts) {
+        while let Some(&(at, k)) = self.dormant_order.front() {
+            if Ts(at.0.saturating_add_unsigned(DORMANT_US)) > now {
+                break;
+            }
+            self.dormant_order.pop_front();
+            if self.dormant.get(&k).is_some_and(|o| o.last == at) {
+                self.dormant.remove(&k);
+            }
+        }
+        // Stale order entries (taken up again, or replaced) would pile up behind fresh ones
+        // only as long as those are remembered: at most one per idle expiry in that time.
+        if self.dormant_order.len() > 2 * self.dormant.len() + 1024 {
+            let dormant = &self.dormant;
+            self.dormant_order
+                .retain(|(at, k)| dormant.get(k).is_some_and(|o| o.last == *at));
         }
     }
 
@@ -648,7 +737,10 @@ impl FlowTable {
         // Roles are needed before any byte reaches HTTP.
         let has_payload = !seg.payload.is_empty() || seg.missing > 0;
         if c.client.is_none() && (has_payload || flags.fin() || flags.rst()) {
-            c.client = Some(guess_client(c, d, seg.payload, backends));
+            c.client = Some(match c.resumes.as_deref() {
+                Some(r) => usize::from(c.a == r.server),
+                None => guess_client(c, d, seg.payload, backends),
+            });
         }
         let Some(client_dir) = c.client else {
             // Pure ACKs before anything else: remember where the stream starts.
@@ -669,15 +761,21 @@ impl FlowTable {
             };
             // Without the handshake, both streams may start in the middle of a message.
             let midstream = c.syn.is_none() && !c.synack;
-            if midstream {
-                stats.midstream += 1;
-            }
-            c.session = Some(Session::new(
+            let mut session = Session::new(
                 Emitter::new(c.id, client, server),
                 limits,
                 midstream,
                 midstream,
-            ));
+            );
+            match c.resumes.as_deref() {
+                Some(r) => {
+                    stats.resumed += 1;
+                    session.resume(r.exchanges, r.last_response_end);
+                }
+                None if midstream => stats.midstream += 1,
+                None => {}
+            }
+            c.session = Some(session);
         }
         let side = if d == client_dir {
             Side::Client
@@ -1132,7 +1230,11 @@ impl FlowTable {
         } else {
             Close::CaptureEnd
         };
-        let midstream = c.syn.is_none() && !c.synack;
+        let resumes = c.resumes.as_deref().map(|r| record::Resumes {
+            conn: r.conn,
+            idle_ms: c.start.ms_since(r.last),
+        });
+        let midstream = c.syn.is_none() && !c.synack && resumes.is_none();
         let rec = record::Connection {
             id: c.id,
             client,
@@ -1141,6 +1243,7 @@ impl FlowTable {
             end: c.last,
             close,
             midstream,
+            resumes,
             bytes_to_server: c.dirs[client_dir].bytes,
             bytes_to_client: c.dirs[1 - client_dir].bytes,
             gap_bytes: gap_total,
@@ -1245,9 +1348,14 @@ impl FlowTable {
                 } else {
                     Some(Close::IdleTimeout)
                 };
+                let dormant = Self::dormant_of(&c);
                 self.finish(*c, reason, ctx);
+                if let Some(d) = dormant {
+                    self.remember(key, d);
+                }
             }
         }
+        self.forget_dormant(now);
         for e in self.conns.values_mut() {
             if let Entry::Live(c) = e {
                 if let Some(s) = c.session.as_mut() {

@@ -230,6 +230,7 @@ pub const FIELDS: &[&str] = &[
     "response_end",
     "response_head_end",
     "response_start",
+    "resumes",
     "server",
     "severity",
     "start",
@@ -244,6 +245,15 @@ pub const FIELDS: &[&str] = &[
     "warnings",
 ];
 
+/// See [`Connection::resumes`].
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Resumes {
+    /// The earlier record's id.
+    pub conn: ConnId,
+    /// Time between that record's last packet and this one's first.
+    pub idle_ms: f64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Connection {
     pub id: ConnId,
@@ -254,6 +264,10 @@ pub struct Connection {
     pub close: Close,
     /// True when the handshake was not in the capture.
     pub midstream: bool,
+    /// The connection this one continues: gatescope finished it for idleness
+    /// (`--idle-timeout`) and the proxy reused it later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumes: Option<Resumes>,
     pub bytes_to_server: u64,
     pub bytes_to_client: u64,
     /// Bytes missing from the capture (both directions).

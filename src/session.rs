@@ -347,6 +347,22 @@ impl Session {
             .rposition(|e| !e.req_done && !e.req_lost && !e.unsolicited)
     }
 
+    /// What a connection finished for idleness leaves for its own continuation: its
+    /// exchanges so far and when its last response ended.
+    pub fn dormant(&self) -> (u32, Option<Ts>) {
+        (self.next_index - 1, self.last_response_end)
+    }
+
+    /// Continues a connection that was finished for idleness (see [`Session::dormant`]):
+    /// exchanges are numbered on from its last, the first request's idle time counts from
+    /// its last response, and a response with no request is not the ordinary first
+    /// response of a connection picked up mid-stream.
+    pub fn resume(&mut self, exchanges: u32, last_response_end: Option<Ts>) {
+        self.next_index = exchanges + 1;
+        self.last_response_end = last_response_end;
+        self.midstream = false;
+    }
+
     /// Whether any response is owed (a request was seen and its response did not complete).
     pub fn response_owed(&self) -> bool {
         self.pending

@@ -788,6 +788,7 @@ impl Summary {
             "low_confidence": self.low_confidence,
             "tcp": {
                 "midstream_connections": self.flow.midstream,
+                "resumed_connections": self.flow.resumed,
                 "retransmitted_bytes": self.flow.retransmitted_bytes,
                 "out_of_order_segments": self.flow.out_of_order_segments,
                 "overlap_conflicts": self.flow.overlap_conflicts,

@@ -362,10 +362,14 @@ fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block) -> io::Result<()>
         short_time(c.start),
         short_time(c.end),
         c.close.describe(),
-        if c.midstream {
-            "  (picked up mid-stream)"
-        } else {
-            ""
+        match (&c.resumes, c.midstream) {
+            (Some(r), _) => format!(
+                "  (resumes connection {} after {:.1} s idle)",
+                r.conn,
+                r.idle_ms / 1000.0
+            ),
+            (None, true) => "  (picked up mid-stream)".to_string(),
+            (None, false) => String::new(),
         }
     )?;
     writeln!(

@@ -1,0 +1,122 @@
+//! A keep-alive connection idle for longer than `--idle-timeout` (300 s) and then reused:
+//! pools keep idle connections for minutes (Envoy an hour, Google's load balancers 600 s),
+//! and the request that reuses one is where a keep-alive race happens. gatescope has
+//! finished the connection by then; its continuation is reported as resuming it, with the
+//! exchanges numbered on and the idle time measured from its last response.
+
+mod common;
+
+use common::*;
+use gatescope::synth::Conversation;
+use serde_json::Value;
+
+const IDLE_S: i64 = 400;
+
+/// One exchange, `IDLE_S` seconds of nothing, then `reuse` on the same connection.
+fn reused_after_idle(reuse: impl FnOnce(&mut Conversation)) -> Vec<Value> {
+    let client = "10.0.0.1:40000".parse().expect("addr");
+    let server = "10.0.0.2:8080".parse().expect("addr");
+    let mut c = Conversation::new(client, server, 1_700_000_000_000_000);
+    c.handshake();
+    c.client_send(b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n");
+    c.server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    c.advance(IDLE_S * 1_000_000);
+    reuse(&mut c);
+    let (_dir, path) = write_conversation(c);
+    let (_, one, err) = analyze_json(&[&path], &["--threads", "1", "--all"]);
+    assert!(!err.contains("panic"), "{err}");
+    let (_, two, _) = analyze_json(&[&path], &["--threads", "2", "--all"]);
+    assert_eq!(one, two, "the same report with one and two threads");
+    one
+}
+
+#[test]
+fn a_race_on_a_connection_reused_after_a_long_idle_has_its_idle_time() {
+    let records = reused_after_idle(|c| {
+        c.server_fin();
+        c.advance(1_000);
+        c.client_send(b"GET /b HTTP/1.1\r\nHost: b\r\n\r\n");
+        c.server_rst();
+    });
+    let race = first_finding(&records, "keepalive_race");
+    let idle_ms = race["evidence"]["idle_before_request_ms"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert_eq!(
+        (race["exchange"].clone(), (idle_ms / 1000.0).round()),
+        (Value::from(2), IDLE_S as f64),
+        "{race}"
+    );
+}
+
+#[test]
+fn the_continuation_names_the_connection_it_resumes() {
+    let records = reused_after_idle(|c| {
+        c.client_send(b"GET /b HTTP/1.1\r\nHost: b\r\n\r\n");
+        c.server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    });
+    let conns = of_type(&records, "connection");
+    let summary: Vec<_> = conns
+        .iter()
+        .map(|c| {
+            (
+                c["close"].clone(),
+                c["midstream"].clone(),
+                c["resumes"]["conn"].clone(),
+                c["resumes"]["idle_ms"]
+                    .as_f64()
+                    .map(|ms| (ms / 1000.0).round()),
+            )
+        })
+        .collect();
+    let first = conns.first().map(|c| c["id"].clone()).unwrap_or_default();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                Value::from("idle_timeout"),
+                Value::from(false),
+                Value::Null,
+                None
+            ),
+            (
+                Value::from("capture_end"),
+                Value::from(false),
+                first,
+                Some(IDLE_S as f64)
+            ),
+        ],
+        "{conns:?}"
+    );
+    let second: Vec<_> = of_type(&records, "exchange")
+        .iter()
+        .map(|e| (e["index"].clone(), e["outcome"].clone()))
+        .collect();
+    assert_eq!(
+        second,
+        vec![
+            (Value::from(1), Value::from("complete")),
+            (Value::from(2), Value::from("complete"))
+        ]
+    );
+    assert!(
+        finding_set(&records).is_empty(),
+        "{:?}",
+        finding_set(&records)
+    );
+}
+
+#[test]
+fn a_new_handshake_on_the_same_ports_is_a_new_connection() {
+    let records = reused_after_idle(|c| {
+        // The proxy's new connection happens to get the same source port.
+        c.handshake();
+        c.client_send(b"GET /b HTTP/1.1\r\nHost: b\r\n\r\n");
+        c.server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    });
+    let resumes: Vec<_> = of_type(&records, "connection")
+        .iter()
+        .map(|c| c["resumes"].clone())
+        .collect();
+    assert_eq!(resumes, vec![Value::Null, Value::Null]);
+}
