@@ -46,6 +46,7 @@ struct Dormant {
     exchanges: u32,
     last_response_end: Option<Ts>,
 }
+
 /// A SYN that has had no answer for this long after its last retransmission is unanswered.
 const SYN_WAIT_US: u64 = 5_000_000;
 /// A SYN is reported unanswered at capture end, or when evicted, only if it waited at least
