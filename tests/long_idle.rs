@@ -120,3 +120,74 @@ fn a_new_handshake_on_the_same_ports_is_a_new_connection() {
         .collect();
     assert_eq!(resumes, vec![Value::Null, Value::Null]);
 }
+
+/// Idle connections are remembered at most `--max-connections` at a time, the oldest
+/// forgotten first: 30 connections go idle one after another with room for 16; when the
+/// first and the last are reused, only the last one's continuation resumes it.
+#[test]
+fn only_the_most_recent_idle_connections_are_remembered() {
+    let server: std::net::SocketAddr = "10.0.0.2:8080".parse().expect("addr");
+    let t0 = 1_700_000_000_000_000i64;
+    let conv = |i: u16, start: i64| {
+        let client = format!("10.0.0.1:{}", 40000 + i).parse().expect("addr");
+        Conversation::new(client, server, start)
+    };
+    let mut packets = Vec::new();
+    // Every 25 s a connection with one exchange, then idle: no more than 12 are open at
+    // once, and all have been finished for idleness by the time two are reused.
+    for i in 0..30u16 {
+        let mut c = conv(i, t0 + i64::from(i) * 25_000_000);
+        c.handshake();
+        c.client_send(b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n");
+        c.server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        packets.extend(c.into_packets());
+    }
+    let reuse_at = t0 + 30 * 25_000_000 + 400_000_000;
+    for (n, i) in [0u16, 29].into_iter().enumerate() {
+        // The same 4-tuple and sequence numbers go on where the first exchange left them.
+        let mut c = conv(i, t0 + i64::from(i) * 25_000_000);
+        c.handshake();
+        c.client_send(b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n");
+        c.server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let skip = c.packets().len();
+        c.advance(reuse_at + n as i64 * 1_000_000 - c.now());
+        c.client_send(b"GET /b HTTP/1.1\r\nHost: b\r\n\r\n");
+        c.server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        packets.extend(c.into_packets().into_iter().skip(skip));
+    }
+    packets.sort_by_key(|(ts, _)| *ts);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("idle.pcap");
+    let file = std::fs::File::create(&path).expect("create");
+    let mut w = gatescope::synth::PcapWriter::new(file, gatescope::synth::LinkType::Ethernet)
+        .expect("pcap");
+    w.write_packets(&packets).expect("write");
+    drop(w);
+    let (_, records, _) = analyze_json(
+        &[&path],
+        &["--threads", "1", "--all", "--max-connections", "16"],
+    );
+    let continuations: Vec<_> = of_type(&records, "connection")
+        .iter()
+        .filter(|c| c["start"].as_str() > Some("2023-11-14T22:30"))
+        .map(|c| {
+            (
+                c["client"].clone(),
+                c["midstream"].clone(),
+                c["resumes"].is_object(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        continuations,
+        vec![
+            (Value::from("10.0.0.1:40000"), Value::from(true), false),
+            (Value::from("10.0.0.1:40029"), Value::from(false), true),
+        ],
+        "{:?}",
+        finding_set(&records)
+    );
+    assert!(finding_set(&records)
+        .iter()
+        .all(|(k, _)| k != "limit_reached"));
+}
