@@ -47,6 +47,12 @@ struct Dormant {
     last_response_end: Option<Ts>,
 }
 
+/// Whether an entry `(at, k)` of the order of [`Dormant`] connections is the one remembered
+/// for `k` (not one taken up again, or replaced, since).
+fn current(dormant: &FxHashMap<Key, Dormant>, k: &Key, at: Ts) -> bool {
+    dormant.get(k).is_some_and(|o| o.last == at)
+}
+
 /// A SYN that has had no answer for this long after its last retransmission is unanswered.
 const SYN_WAIT_US: u64 = 5_000_000;
 /// A SYN is reported unanswered at capture end, or when evicted, only if it waited at least
@@ -326,7 +332,7 @@ pub struct FlowTable {
     heads: HeadBudget,
     /// Connections finished for idleness, by 4-tuple, and the order they were finished in
     /// (to forget them after [`DORMANT_US`], or the oldest beyond `max_connections`);
-    /// an order entry whose `last` no longer matches the map's is stale.
+    /// an order entry that is not [`current`] is stale.
     dormant: FxHashMap<Key, Dormant>,
     dormant_order: std::collections::VecDeque<(Ts, Key)>,
 }
@@ -610,7 +616,7 @@ impl FlowTable {
     fn remember(&mut self, key: Key, d: Dormant) {
         if self.dormant.len() >= self.max_connections {
             while let Some((at, k)) = self.dormant_order.pop_front() {
-                if self.dormant.get(&k).is_some_and(|o| o.last == at) {
+                if current(&self.dormant, &k, at) {
                     self.dormant.remove(&k);
                     break;
                 }
@@ -627,7 +633,7 @@ impl FlowTable {
                 break;
             }
             self.dormant_order.pop_front();
-            if self.dormant.get(&k).is_some_and(|o| o.last == at) {
+            if current(&self.dormant, &k, at) {
                 self.dormant.remove(&k);
             }
         }
@@ -636,7 +642,7 @@ impl FlowTable {
         if self.dormant_order.len() > 2 * self.dormant.len() + 1024 {
             let dormant = &self.dormant;
             self.dormant_order
-                .retain(|(at, k)| dormant.get(k).is_some_and(|o| o.last == *at));
+                .retain(|(at, k)| current(dormant, k, *at));
         }
     }
 

@@ -155,14 +155,7 @@ fn only_the_most_recent_idle_connections_are_remembered() {
         c.server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
         packets.extend(c.into_packets().into_iter().skip(skip));
     }
-    packets.sort_by_key(|(ts, _)| *ts);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("idle.pcap");
-    let file = std::fs::File::create(&path).expect("create");
-    let mut w = gatescope::synth::PcapWriter::new(file, gatescope::synth::LinkType::Ethernet)
-        .expect("pcap");
-    w.write_packets(&packets).expect("write");
-    drop(w);
+    let (_dir, path) = write_packets(packets);
     let (_, records, _) = analyze_json(
         &[&path],
         &["--threads", "1", "--all", "--max-connections", "16"],

@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use gatescope::synth::{Conversation, LinkType, PcapWriter, TcpFlags};
+use gatescope::synth::{Conversation, TcpFlags};
 use std::path::PathBuf;
 
 const T0: i64 = 1_700_000_000_000_000;
@@ -47,16 +47,7 @@ fn proxy_gives_up(c: &mut Conversation) {
 
 /// The conversations, interleaved by time, as one pcap.
 fn capture(convs: Vec<Conversation>) -> (tempfile::TempDir, PathBuf) {
-    let mut packets: Vec<(i64, Vec<u8>)> =
-        convs.into_iter().flat_map(|c| c.into_packets()).collect();
-    packets.sort_by_key(|p| p.0);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("timeouts.pcap");
-    let file = std::fs::File::create(&path).expect("create");
-    let mut w = PcapWriter::new(file, LinkType::Ethernet).expect("pcap");
-    w.write_packets(&packets).expect("write");
-    drop(w);
-    (dir, path)
+    write_packets(convs.into_iter().flat_map(|c| c.into_packets()).collect())
 }
 
 fn timeouts(convs: Vec<Conversation>) -> Vec<String> {

@@ -158,12 +158,20 @@ pub fn ci() -> bool {
 /// Writes a synthetic conversation as an Ethernet pcap in a fresh temporary directory (kept
 /// alive by the returned guard).
 pub fn write_conversation(conv: gatescope::synth::Conversation) -> (tempfile::TempDir, PathBuf) {
+    write_packets(conv.into_packets())
+}
+
+/// Writes (timestamp µs, IP packet) pairs — several conversations' packets, say — in time
+/// order as an Ethernet pcap in a fresh temporary directory (kept alive by the returned
+/// guard).
+pub fn write_packets(mut packets: Vec<(i64, Vec<u8>)>) -> (tempfile::TempDir, PathBuf) {
+    packets.sort_by_key(|p| p.0);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("conv.pcap");
     let file = std::fs::File::create(&path).expect("create");
     let mut w = gatescope::synth::PcapWriter::new(file, gatescope::synth::LinkType::Ethernet)
         .expect("pcap");
-    w.write_packets(&conv.into_packets()).expect("write");
+    w.write_packets(&packets).expect("write");
     drop(w);
     (dir, path)
 }
