@@ -3,8 +3,9 @@
 #
 #   benches/compare.sh FILE [--port PORT] [--tshark-limit MB] [--runs N] [--threads N]
 #
-# Rows (each the best of --runs runs, page cache warm; peak RSS from /usr/bin/time; the
-# two gatescope rows run in turns, and the scaling is the median of their paired ratios;
+# Rows (each the best of --runs runs, page cache warm; wall time from spawn to exit, peak
+# RSS and CPU time from wait4, as /usr/bin/time -v reports them; the two gatescope rows run
+# in turns, and the scaling is the median of their paired ratios;
 # their CPU time, all threads, is printed too: the cost of sharding; and in the same turns,
 # N single-thread runs at once: the most this machine gives N cores, the scaling's ceiling):
 #   tcpdump -r FILE -w /dev/null              libpcap reading and writing every record: a floor
@@ -27,7 +28,8 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+    # The comment block at the top of this file.
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
     exit 2
 }
 
@@ -48,7 +50,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -n "$FILE" ] && [ -r "$FILE" ] || usage
-for tool in tcpdump tshark /usr/bin/time; do
+for tool in tcpdump tshark; do
     command -v "$tool" >/dev/null || { echo "compare.sh: $tool is needed" >&2; exit 2; }
 done
 
@@ -57,11 +59,12 @@ BIN=${GATESCOPE:-target/release/gatescope}
 if [ ! -x "$BIN" ]; then
     cargo build --release --quiet --bin gatescope
 fi
-# The generator beside the binary (a build tree), else this tree's (GATESCOPE=/some/copy).
+# The generator beside the binary (a build tree), else this tree's (GATESCOPE=/some/copy):
+# it times the runs and touches the pages.
 GEN=$(dirname "$BIN")/gatescope-gen
 if [ ! -x "$GEN" ]; then
     GEN=target/release/gatescope-gen
-    [ -x "$GEN" ] || cargo build --release --quiet --bin gatescope-gen || true
+    [ -x "$GEN" ] || cargo build --release --quiet --bin gatescope-gen
 fi
 
 TMP=$(mktemp -d)
@@ -69,30 +72,22 @@ trap 'rm -rf "$TMP"' EXIT
 
 size=$(stat -c %s "$FILE")
 
-# Seconds since $1 (from date +%s%N), four decimals.
-seconds_since() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.4f", (b - a) / 1e9 }'; }
-
 # One run of "$@": wall time (s) into T_WALL, peak RSS (KiB) into T_RSS, CPU time (user +
-# system, s) into T_CPU.
+# system, s) into T_CPU. Timed by `gatescope-gen time` (wait4's figures, as /usr/bin/time
+# reads them): timing with `date` around /usr/bin/time added their forks, ~5 ms, to every run.
 once() {
     # Page cache warm for every run: the kernel may reclaim a large file's pages between
     # runs (DAMON-based reclaim on some VMs), which made single runs vary by 2x.
     cat "$FILE" "$SUB" >/dev/null
-    local t0 m
-    t0=$(date +%s%N)
+    local rc=0
     # exit 1 (error findings) is a normal outcome of an analysis
-    if ! /usr/bin/time -f "%e %M %U %S" -o "$TMP/time" "$@" >"${M_OUT:-/dev/null}" 2>"$TMP/err"; then
-        if [ "$(head -n 1 "$TMP/time" | cut -c1-7)" = "Command" ] &&
-            ! grep -q "non-zero status 1$" "$TMP/time"; then
-            echo "compare.sh: failed: $*" >&2
-            cat "$TMP/err" "$TMP/time" >&2
-            exit 2
-        fi
+    "$GEN" time -o "$TMP/time" -- "$@" >"${M_OUT:-/dev/null}" 2>"$TMP/err" || rc=$?
+    if [ "$rc" -gt 1 ]; then
+        echo "compare.sh: failed (exit code $rc): $*" >&2
+        cat "$TMP/err" >&2
+        exit 2
     fi
-    T_WALL=$(seconds_since "$t0")
-    read -r _ m u s < <(tail -n 1 "$TMP/time")
-    T_RSS=$m
-    T_CPU=$(awk -v u="$u" -v s="$s" 'BEGIN { printf "%.2f", u + s }')
+    read -r T_WALL T_RSS T_CPU <"$TMP/time"
 }
 
 # THREADS copies of "$@" at once, each with its own output: wall time (s) of the lot into
@@ -100,26 +95,14 @@ once() {
 # independent analyses that share nothing: the most any sharding could give.
 together() {
     cat "$FILE" "$SUB" >/dev/null
-    local t0 i pids=() cpus=()
-    t0=$(date +%s%N)
-    for i in $(seq "$THREADS"); do
-        /usr/bin/time -f "%e %M %U %S" -o "$TMP/time.$i" "$@" >/dev/null 2>"$TMP/err.$i" &
-        pids+=($!)
-    done
-    for i in "${!pids[@]}"; do
-        # exit 1 (error findings) is a normal outcome
-        wait "${pids[$i]}" || [ $? -eq 1 ] || {
-            echo "compare.sh: failed: $*" >&2
-            cat "$TMP/err.$((i + 1))" >&2
-            kill "${pids[@]}" 2>/dev/null || true
-            exit 2
-        }
-    done
-    T_WALL=$(seconds_since "$t0")
-    for i in $(seq "$THREADS"); do
-        cpus+=("$(tail -n 1 "$TMP/time.$i" | awk '{ printf "%.2f", $3 + $4 }')")
-    done
-    T_CPU=$(median "${cpus[@]}")
+    local rc=0
+    "$GEN" time --copies "$THREADS" -o "$TMP/time" -- "$@" 2>"$TMP/err" || rc=$?
+    if [ "$rc" -gt 1 ]; then
+        echo "compare.sh: failed (exit code $rc): $*" >&2
+        cat "$TMP/err" >&2
+        exit 2
+    fi
+    read -r T_WALL _ T_CPU <"$TMP/time"
 }
 
 # The median of its arguments (numbers), with two decimals.

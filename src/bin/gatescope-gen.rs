@@ -94,6 +94,23 @@ enum Cmd {
     /// Print how long touching every page of FILE's mapping takes (ms per GB): the state of
     /// its page cache, on which benchmark figures depend (see benches/compare.sh).
     PageTouch { file: PathBuf },
+    /// Run a command (COPIES copies at once) and write "WALL_S MAXRSS_KIB CPU_S" to OUT: the
+    /// wall time from the first spawn to the last exit, the largest peak RSS and the median
+    /// CPU time (user + system) of a copy, from wait4 as /usr/bin/time reads them. Exits
+    /// with the largest exit code of the copies. benches/compare.sh times its runs with this:
+    /// timing with `date` around `/usr/bin/time` added the ~5 ms of forking both to every
+    /// run.
+    Time {
+        /// Where the figures go.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Copies run at once (their output to /dev/null when more than one).
+        #[arg(long, default_value_t = 1)]
+        copies: usize,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 fn parse_attack(s: &str) -> Result<Attack, String> {
@@ -141,6 +158,73 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} overflows"))
 }
 
+/// Runs `copies` copies of `command` at once and writes their figures to `out` (see
+/// [`Cmd::Time`]). Returns the largest exit code (128 + signal for a killed copy).
+fn time_command(out: &Path, copies: usize, command: &[std::ffi::OsString]) -> io::Result<u8> {
+    use std::process::{Command, Stdio};
+    let Some((program, args)) = command.split_first() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no command"));
+    };
+    let started = Instant::now();
+    let mut pids = Vec::with_capacity(copies);
+    let mut spawn_error = None;
+    for _ in 0..copies {
+        let mut c = Command::new(program);
+        c.args(args);
+        if copies > 1 {
+            c.stdout(Stdio::null());
+        }
+        match c.spawn() {
+            Ok(child) => pids.push(child.id() as libc::pid_t),
+            Err(e) => {
+                spawn_error = Some(io::Error::new(
+                    e.kind(),
+                    format!("cannot run {}: {e}", program.to_string_lossy()),
+                ));
+                break;
+            }
+        }
+    }
+    let mut cpu = Vec::with_capacity(pids.len());
+    let mut max_rss = 0i64;
+    let mut code = 0u8;
+    let mut left = pids.len();
+    while left > 0 {
+        let mut status = 0;
+        // SAFETY: plain wait4 on our own children into locals it fills in.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let pid = unsafe { libc::wait4(-1, &mut status, 0, &mut ru) };
+        if pid < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if !pids.contains(&pid) {
+            continue;
+        }
+        left -= 1;
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        cpu.push(secs(ru.ru_utime) + secs(ru.ru_stime));
+        max_rss = max_rss.max(ru.ru_maxrss);
+        let c = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            128 + libc::WTERMSIG(status)
+        };
+        code = code.max(u8::try_from(c).unwrap_or(u8::MAX));
+    }
+    let wall = started.elapsed().as_secs_f64();
+    if let Some(e) = spawn_error {
+        return Err(e);
+    }
+    cpu.sort_by(f64::total_cmp);
+    let median = cpu.get(cpu.len() / 2).copied().unwrap_or(0.0);
+    std::fs::write(out, format!("{wall:.4} {max_rss} {median:.3}\n"))?;
+    Ok(code)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -185,6 +269,19 @@ fn main() -> ExitCode {
                 );
             }
             Ok(())
+        }
+        Cmd::Time {
+            out,
+            copies,
+            command,
+        } => {
+            return match time_command(&out, copies.max(1), &command) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("gatescope-gen time: {e}");
+                    ExitCode::from(125)
+                }
+            };
         }
         Cmd::PageTouch { file } => gatescope::capture::page_touch_ms_per_gb(&file)
             .map(|ms| println!("{ms:.1}"))
