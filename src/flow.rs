@@ -42,9 +42,11 @@ struct Dormant {
     conn: ConnId,
     server: SocketAddr,
     last: Ts,
-    /// Its exchanges, and when its last response ended.
+    /// Its exchanges, when its last response ended, and whether it was between exchanges
+    /// (see [`Session::dormant`]).
     exchanges: u32,
     last_response_end: Option<Ts>,
+    idle: bool,
 }
 
 /// Whether an entry `(at, k)` of the order of [`Dormant`] connections is the one remembered
@@ -509,8 +511,11 @@ impl FlowTable {
             }
         }
         if !self.conns.contains_key(&key) {
-            if seg.flags.rst() {
-                // A RST for a connection we do not know: nothing to analyse.
+            if seg.flags.rst() && !self.dormant.contains_key(&key) {
+                // A RST for a connection we do not know: nothing to analyse. (One for a
+                // connection finished for idleness continues it: a backend or a load
+                // balancer resetting connections idle longer than `--idle-timeout`, an
+                // AWS NLB's 350 s, is its `idle_close`.)
                 self.stats.late_packets += 1;
                 return;
             }
@@ -601,7 +606,7 @@ impl FlowTable {
     /// carried a request, has nothing to continue).
     fn dormant_of(c: &Conn) -> Option<Dormant> {
         let s = c.session.as_ref()?;
-        let (exchanges, last_response_end) = s.dormant();
+        let (exchanges, last_response_end, idle) = s.dormant();
         let client = c.client?;
         let open = c.rst_by.is_none() && !c.dirs[0].fin && !c.dirs[1].fin;
         (open && exchanges > 0).then_some(Dormant {
@@ -610,6 +615,7 @@ impl FlowTable {
             last: c.last,
             exchanges,
             last_response_end,
+            idle,
         })
     }
 
@@ -777,7 +783,7 @@ impl FlowTable {
             match c.resumes.as_deref() {
                 Some(r) => {
                     stats.resumed += 1;
-                    session.resume(r.exchanges, r.last_response_end);
+                    session.resume(r.exchanges, r.last_response_end, r.idle);
                 }
                 None if midstream => stats.midstream += 1,
                 None => {}
@@ -1251,6 +1257,9 @@ impl FlowTable {
             close,
             midstream,
             resumes,
+            idle_close: session
+                .idle_close()
+                .map(|(by, idle_ms)| record::IdleClose { by, idle_ms }),
             bytes_to_server: c.dirs[client_dir].bytes,
             bytes_to_client: c.dirs[1 - client_dir].bytes,
             gap_bytes: gap_total,

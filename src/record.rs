@@ -210,6 +210,7 @@ pub const FIELDS: &[&str] = &[
     "gap_bytes",
     "hint",
     "id",
+    "idle_close",
     "index",
     "input_errors",
     "kind",
@@ -254,6 +255,15 @@ pub struct Resumes {
     pub idle_ms: f64,
 }
 
+/// See [`Connection::idle_close`].
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct IdleClose {
+    /// Who closed (FIN or RST) first.
+    pub by: Side,
+    /// Time from the end of the connection's last response to that close.
+    pub idle_ms: f64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Connection {
     pub id: ConnId,
@@ -268,6 +278,11 @@ pub struct Connection {
     /// (`--idle-timeout`) and the proxy reused it later.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resumes: Option<Resumes>,
+    /// The connection was closed while idle between exchanges (at least one answered, none
+    /// begun): a keep-alive timeout, the backend's or the proxy's, ran this long. A backend
+    /// that closes idle connections before the proxy does is what keep-alive races need.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_close: Option<IdleClose>,
     pub bytes_to_server: u64,
     pub bytes_to_client: u64,
     /// Bytes missing from the capture (both directions).

@@ -244,6 +244,15 @@ pub struct Session {
     server_closed: Option<(Ts, u64, CloseKind)>,
     /// End of the last complete response (for keep-alive idle time).
     last_response_end: Option<Ts>,
+    /// The connection's first close (FIN or RST), when it came while the connection was
+    /// idle between exchanges: who closed, and how long after the last response.
+    idle_close: Option<(Side, f64)>,
+    /// A head said the connection closes after its message (`Connection: close`, or
+    /// HTTP/1.0): a close that follows is announced, not a keep-alive timeout.
+    close_announced: bool,
+    /// A continuation of a dormant connection that was between exchanges (its parsers
+    /// start out looking for a message, not idle).
+    resumed_idle: bool,
     /// The response in progress is an interim (1xx) one.
     interim: bool,
     /// Start of the response message in progress.
@@ -283,6 +292,13 @@ pub struct Session {
     req_unframed: bool,
 }
 
+/// Whether a head says its connection ends after this message: `Connection: close`, or
+/// HTTP/1.0 (whose keep-alive is the exception; one that asks for it is taken as closing
+/// too, which only loses a keep-alive sample).
+fn announces_close(h: &h1::Head) -> bool {
+    h.connection_close || h.version_minor == 0
+}
+
 fn looks_like_response(data: &[u8]) -> bool {
     let n = data.len().min(5);
     data[..n] == b"HTTP/"[..n]
@@ -315,6 +331,9 @@ impl Session {
             client_closed: None,
             server_closed: None,
             last_response_end: None,
+            idle_close: None,
+            close_announced: false,
+            resumed_idle: false,
             interim: false,
             msg_start: None,
             excess: None,
@@ -348,18 +367,24 @@ impl Session {
     }
 
     /// What a connection finished for idleness leaves for its own continuation: its
-    /// exchanges so far and when its last response ended.
-    pub fn dormant(&self) -> (u32, Option<Ts>) {
-        (self.next_index - 1, self.last_response_end)
+    /// exchanges so far, when its last response ended, and whether it was between
+    /// exchanges (a close that continues it is then an idle close).
+    pub fn dormant(&self) -> (u32, Option<Ts>, bool) {
+        (
+            self.next_index - 1,
+            self.last_response_end,
+            self.between_exchanges(),
+        )
     }
 
     /// Continues a connection that was finished for idleness (see [`Session::dormant`]):
     /// exchanges are numbered on from its last, the first request's idle time counts from
     /// its last response, and a response with no request is not the ordinary first
     /// response of a connection picked up mid-stream.
-    pub fn resume(&mut self, exchanges: u32, last_response_end: Option<Ts>) {
+    pub fn resume(&mut self, exchanges: u32, last_response_end: Option<Ts>, idle: bool) {
         self.next_index = exchanges + 1;
         self.last_response_end = last_response_end;
+        self.resumed_idle = idle;
         self.midstream = false;
     }
 
@@ -411,6 +436,7 @@ impl Session {
                 }
                 Step::MessageStart => self.request_start(offset, ctx),
                 Step::Head(h) => {
+                    self.close_announced |= announces_close(&h);
                     if let Some(i) = self.requesting() {
                         let e = &mut self.pending[i];
                         e.method = h.method.clone();
@@ -810,7 +836,10 @@ impl Session {
                     }
                 }
                 Step::MessageStart => self.response_start(ctx),
-                Step::Head(h) => self.response_head(*h, ctx),
+                Step::Head(h) => {
+                    self.close_announced |= announces_close(&h);
+                    self.response_head(*h, ctx)
+                }
                 Step::Body(_) | Step::Skipped(_) => {}
                 Step::End => self.response_end(ctx),
                 Step::Violation(v) => self.response_violation(&v, false, ctx),
@@ -1190,6 +1219,7 @@ impl Session {
     /// The client (proxy) side ended its stream.
     pub fn client_close(&mut self, how: CloseKind, ctx: &mut Ctx<'_>) {
         self.flush_slow(ctx);
+        self.note_idle_close(Side::Client, ctx.ts);
         if how == CloseKind::Rst && matches!(self.client_closed, Some((_, _, CloseKind::Fin))) {
             self.client_reset_after_fin = true;
         }
@@ -1200,6 +1230,39 @@ impl Session {
         if how == CloseKind::Rst && self.server_closed.is_none() {
             self.abandon(how, ctx);
         }
+    }
+
+    /// Notes a first close that came while the connection was idle between exchanges: at
+    /// least one response complete, nothing of a next request or response begun, no head
+    /// that announced the close, and both streams framed throughout (after a gap or a
+    /// parser limit, "nothing begun" is not known).
+    fn note_idle_close(&mut self, by: Side, now: Ts) {
+        if self.client_closed.is_some() || self.server_closed.is_some() {
+            return;
+        }
+        if let (Some(last), true) = (self.last_response_end, self.between_exchanges()) {
+            self.idle_close = Some((by, now.ms_since(last)));
+        }
+    }
+
+    /// At least one response complete, nothing of a next request or response begun (or,
+    /// on a continuation, no byte since a dormant connection that was between exchanges),
+    /// no head that announced the close, both streams framed throughout.
+    fn between_exchanges(&self) -> bool {
+        let parsers_idle = (self.req.is_idle() && self.resp.is_idle())
+            || (self.resumed_idle && self.client_off == 0 && self.server_off == 0);
+        self.last_response_end.is_some()
+            && parsers_idle
+            && !self.close_announced
+            && self.pending.is_empty()
+            && !self.requests_lost
+            && !self.req_unframed
+            && !self.resp_unframed
+    }
+
+    /// See [`Session::note_idle_close`].
+    pub fn idle_close(&self) -> Option<(Side, f64)> {
+        self.idle_close
     }
 
     /// The proxy gave up on owed responses.
@@ -1307,6 +1370,7 @@ impl Session {
     /// stream at that moment (as a client-stream offset), if the segment carried one.
     pub fn server_close(&mut self, how: CloseKind, ack: Option<u64>, ctx: &mut Ctx<'_>) {
         self.flush_slow(ctx);
+        self.note_idle_close(Side::Server, ctx.ts);
         // Also after the backend's FIN: its kernel resets when the proxy writes on.
         if how == CloseKind::Rst {
             self.reset_during_request(ctx);

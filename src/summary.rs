@@ -4,7 +4,7 @@
 
 use crate::findings::{Kind, Severity};
 use crate::flow::FlowStats;
-use crate::record::Record;
+use crate::record::{Record, Side};
 use crate::time::Ts;
 use indexmap::IndexMap;
 use rustc_hash::FxBuildHasher;
@@ -139,10 +139,15 @@ pub enum Timer {
     /// The proxy gave up waiting: `abandoned_by_client`, timed from the backend's last byte
     /// (or the request).
     ProxyGaveUp,
-    /// The backend closed an idle keep-alive connection as the proxy reused it:
-    /// `keepalive_race`, timed from the end of the connection's previous exchange to the
-    /// backend's close (its keep-alive timeout).
+    /// The backend closed an idle keep-alive connection: connection records'
+    /// `idle_close` by the server, and `keepalive_race` findings whose close crossed the
+    /// request (the others are idle closes too, counted once through their connection),
+    /// timed from the end of the connection's last exchange to the backend's close (its
+    /// keep-alive timeout).
     BackendIdleClose,
+    /// The proxy closed an idle keep-alive connection: connection records' `idle_close` by
+    /// the client (its idle timeout for upstream connections).
+    ProxyIdleClose,
 }
 
 /// Timers shorter than this are not timeouts anyone sets (an immediate rejection, an abort).
@@ -167,15 +172,13 @@ impl Timer {
                 // when the close crossed the request).
                 let ms = |f: &str| evidence.get(f).and_then(serde_json::Value::as_f64);
                 let idle = ms("idle_before_request_ms")?;
-                let at_close = match (
-                    ms("server_close_before_request_ms"),
-                    ms("server_close_after_request_ms"),
-                ) {
-                    (Some(before), _) => idle - before,
-                    (None, Some(after)) => idle + after,
-                    (None, None) => return None,
-                };
-                return Some((Timer::BackendIdleClose, at_close));
+                // A close before the request is the connection's `idle_close`, counted from
+                // its record; one that crossed the request is only here.
+                if ms("server_close_before_request_ms").is_some() {
+                    return None;
+                }
+                let after = ms("server_close_after_request_ms")?;
+                return Some((Timer::BackendIdleClose, idle + after));
             }
             _ => return None,
         };
@@ -189,7 +192,8 @@ impl Timer {
         match self {
             Timer::BackendClose => "closed_before_response, reset_before_response",
             Timer::ProxyGaveUp => "abandoned_by_client",
-            Timer::BackendIdleClose => "keepalive_race",
+            Timer::BackendIdleClose => "connections' idle_close, keepalive_race",
+            Timer::ProxyIdleClose => "connections' idle_close",
         }
     }
 
@@ -198,7 +202,8 @@ impl Timer {
         match self {
             Timer::BackendClose => "backend closes before any response byte",
             Timer::ProxyGaveUp => "proxy give-ups",
-            Timer::BackendIdleClose => "backend closes of a keep-alive connection the proxy reused",
+            Timer::BackendIdleClose => "backend closes of idle keep-alive connections",
+            Timer::ProxyIdleClose => "proxy closes of idle keep-alive connections",
         }
     }
 }
@@ -372,6 +377,21 @@ const KNOWN_TIMERS: &[(Timer, f64, &str)] = &[
         75.0,
         "75 s is nginx's default keepalive_timeout",
     ),
+    (
+        Timer::BackendIdleClose,
+        350.0,
+        "350 s is an AWS Network Load Balancer's TCP idle timeout (it resets the connection)",
+    ),
+    (
+        Timer::ProxyIdleClose,
+        60.0,
+        "60 s is nginx's default keepalive_timeout for upstream connections",
+    ),
+    (
+        Timer::ProxyIdleClose,
+        3600.0,
+        "1 h is Envoy's default idle_timeout for upstream connections",
+    ),
 ];
 
 /// What a timer that ran `ms` most likely is, the default it matches, and what to do.
@@ -390,8 +410,12 @@ fn timer_meaning(t: Timer, ms: f64) -> String {
             "the backend needs longer than that for these requests",
         ),
         Timer::BackendIdleClose => (
-            "the backend's keep-alive timeout is this long",
+            "the backend's keep-alive timeout is this long, and it closes idle connections before the proxy does: a request the proxy sends on one as it closes gets a reset or no answer, a 502 (keep-alive race)",
             "make it longer than the proxy's idle timeout for upstream connections (nginx keepalive_timeout in the upstream block, 60 s by default; an AWS ALB's 60 s idle timeout), or the proxy's shorter",
+        ),
+        Timer::ProxyIdleClose => (
+            "the proxy's idle timeout for upstream connections is this long (nginx keepalive_timeout in the upstream block, Envoy's idle_timeout)",
+            "the backend's keep-alive timeout must be longer, or the backend closes first and the proxy can reuse a connection as it closes (a keep-alive race)",
         ),
     };
     format!("{what}{known}; {advice}")
@@ -418,6 +442,8 @@ pub enum Observed {
         server: SocketAddr,
         start: Ts,
         end: Ts,
+        /// Who closed the connection while it was idle, and after how long.
+        idle_close: Option<(Side, f64)>,
     },
 }
 
@@ -440,6 +466,7 @@ impl Observed {
                 server: c.server,
                 start: c.start,
                 end: c.end,
+                idle_close: c.idle_close.map(|i| (i.by, i.idle_ms)),
             },
         }
     }
@@ -565,7 +592,19 @@ impl Summary {
                     b.ttfb_us.add((ms * 1000.0).round() as u64);
                 }
             }
-            Observed::Connection { server, start, end } => {
+            Observed::Connection {
+                server,
+                start,
+                end,
+                idle_close,
+            } => {
+                if let Some((by, ms)) = idle_close {
+                    let t = match by {
+                        Side::Server => Timer::BackendIdleClose,
+                        Side::Client => Timer::ProxyIdleClose,
+                    };
+                    self.timers.entry(t).or_default().add(ms, server);
+                }
                 self.connections += 1;
                 self.backend(server).connections += 1;
                 self.first_ts = Some(self.first_ts.map_or(start, |t| t.min(start)));
@@ -727,7 +766,8 @@ impl Summary {
                         Timer::BackendClose => "their request",
                         Timer::ProxyGaveUp =>
                             "the backend's last byte (or the request, before any)",
-                        Timer::BackendIdleClose => "the connection's previous exchange",
+                        Timer::BackendIdleClose | Timer::ProxyIdleClose =>
+                            "the connection's last exchange",
                     },
                     timer_meaning(t, median)
                 );
@@ -775,6 +815,7 @@ impl Summary {
                     Timer::BackendClose => "backend_close",
                     Timer::ProxyGaveUp => "proxy_gave_up",
                     Timer::BackendIdleClose => "backend_idle_close",
+                    Timer::ProxyIdleClose => "proxy_idle_close",
                 },
                 "kinds": p.timer.kinds(),
                 "median_ms": p.median_ms,

@@ -106,6 +106,81 @@ fn the_continuation_names_the_connection_it_resumes() {
     );
 }
 
+/// A load balancer between proxy and backend (an AWS NLB: 350 s) resets connections idle
+/// longer than its timeout, after gatescope has finished them for idleness: the reset
+/// continues the connection, whose record says the backend side closed it idle, and after
+/// how long — not a late packet.
+#[test]
+fn a_reset_after_a_long_idle_is_the_connections_idle_close() {
+    let records = reused_after_idle(|c| {
+        c.server_rst();
+    });
+    let closes: Vec<_> = of_type(&records, "connection")
+        .iter()
+        .map(|c| {
+            (
+                c["close"].clone(),
+                c["idle_close"]["by"].clone(),
+                c["idle_close"]["idle_ms"]
+                    .as_f64()
+                    .map(|ms| (ms / 1000.0).round()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        closes,
+        vec![
+            (Value::from("idle_timeout"), Value::Null, None),
+            (
+                serde_json::json!({"reset": {"by": "server"}}),
+                Value::from("server"),
+                Some(IDLE_S as f64)
+            ),
+        ],
+        "{closes:?}"
+    );
+}
+
+/// Three connections reset after 350 s of idle (an AWS NLB's idle timeout): the summary
+/// names the timer and what it most likely is.
+#[test]
+fn resets_after_350_s_of_idle_are_named_as_a_load_balancers_idle_timeout() {
+    let server = "10.0.0.2:8080".parse().expect("addr");
+    let packets = (0..3u16)
+        .flat_map(|i| {
+            let client = format!("10.0.0.1:{}", 41000 + i).parse().expect("addr");
+            let mut c = Conversation::new(
+                client,
+                server,
+                1_700_000_000_000_000 + i64::from(i) * 9_000_000,
+            );
+            c.handshake();
+            c.client_send(b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n");
+            c.server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            c.advance(350_000_000);
+            c.server_rst();
+            c.into_packets()
+        })
+        .collect();
+    let (_dir, path) = write_packets(packets);
+    let (_, records, _) = analyze_json(&[&path], &[]);
+    let timers: Vec<_> = of_type(&records, "summary")[0]["timeouts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| t["message"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        timers.len() == 1
+            && timers[0].starts_with("3 of 3 backend closes of idle keep-alive connections")
+            && timers[0].contains("came 350.0 s after")
+            && timers[0].contains("Network Load Balancer's TCP idle timeout"),
+        "{timers:?}"
+    );
+}
+
 #[test]
 fn a_new_handshake_on_the_same_ports_is_a_new_connection() {
     let records = reused_after_idle(|c| {

@@ -136,7 +136,130 @@ fn keepalive_races_at_5_s_of_idle_are_named_as_the_backends_keepalive_timeout() 
             c
         })
         .collect();
-    names_one_timer(convs, "3 of 3 backend closes of a keep-alive connection the proxy reused (keepalive_race, at 10.0.0.2:3000) came 5.0 s after the connection's previous exchange", "Node.js's keepAliveTimeout");
+    names_one_timer(convs, "3 of 3 backend closes of idle keep-alive connections (connections' idle_close, keepalive_race, at 10.0.0.2:3000) came 5.0 s after the connection's last exchange", "Node.js's keepAliveTimeout");
+}
+
+/// One keep-alive connection to `server` from client port `port`, starting `start` µs after
+/// T0: one exchange (the response says `Connection: close` if `announced`), then `idle` µs
+/// of silence, then the backend (`by_server`) or the proxy closes it.
+fn idle_closed(
+    server: &str,
+    port: u16,
+    start: i64,
+    idle: i64,
+    by_server: bool,
+    announced: bool,
+) -> Conversation {
+    let mut c = Conversation::new(
+        format!("10.0.0.1:{port}").parse().expect("addr"),
+        server.parse().expect("addr"),
+        T0 + start,
+    );
+    let response: &[u8] = if announced {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    } else {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    };
+    c.handshake()
+        .client_send(b"GET /a HTTP/1.1\r\nHost: app\r\n\r\n")
+        .advance(3_000)
+        .server_send(response)
+        .advance(idle);
+    if by_server {
+        c.server_fin().advance(200).client_fin();
+    } else {
+        c.client_fin().advance(200).server_fin();
+    }
+    c
+}
+
+/// A Node.js backend closes every keep-alive connection that idles 5 s, and the proxy never
+/// got to reuse one: no race in this capture, but the backend closes idle connections
+/// before the proxy does, which is what races need — the summary says so ahead of the 502s.
+#[test]
+fn backend_closes_of_idle_connections_at_5_s_are_named_before_any_race() {
+    let convs = (0..4u16)
+        .map(|i| {
+            let idle = 5 * SEC + i64::from(i) * 7_000;
+            idle_closed(
+                "10.0.0.2:3000",
+                48_000 + i,
+                i64::from(i) * SEC,
+                idle,
+                true,
+                false,
+            )
+        })
+        .collect();
+    names_one_timer(
+        convs,
+        "4 of 4 backend closes of idle keep-alive connections (connections' idle_close, keepalive_race, at 10.0.0.2:3000) came 5.0 s after the connection's last exchange: the backend's keep-alive timeout is this long, and it closes idle connections before the proxy does",
+        "Node.js's keepAliveTimeout",
+    );
+}
+
+/// nginx closes upstream connections idle for 60 s (its default keepalive_timeout there).
+#[test]
+fn proxy_closes_of_idle_connections_at_60_s_are_named_as_its_keepalive_timeout() {
+    let convs = (0..3u16)
+        .map(|i| {
+            idle_closed(
+                "10.0.0.2:8000",
+                49_000 + i,
+                i64::from(i) * SEC,
+                60 * SEC,
+                false,
+                false,
+            )
+        })
+        .collect();
+    names_one_timer(
+        convs,
+        "3 of 3 proxy closes of idle keep-alive connections (connections' idle_close, at 10.0.0.2:8000) came 60.0 s after the connection's last exchange",
+        "nginx's default keepalive_timeout for upstream connections",
+    );
+}
+
+/// A backend that said `Connection: close` and closed a little later (a lingering close)
+/// did what it announced: that is no keep-alive timeout.
+#[test]
+fn closes_announced_by_connection_close_name_no_keepalive_timeout() {
+    let convs = (0..4u16)
+        .map(|i| {
+            idle_closed(
+                "10.0.0.2:3000",
+                50_000 + i,
+                i64::from(i) * SEC,
+                5 * SEC,
+                true,
+                true,
+            )
+        })
+        .collect();
+    assert_eq!(timeouts(convs), Vec::<String>::new());
+}
+
+/// The connection record says who closed the idle connection and after how long.
+#[test]
+fn the_connection_record_says_who_closed_it_idle_and_after_how_long() {
+    let convs = vec![idle_closed(
+        "10.0.0.2:3000",
+        51_000,
+        0,
+        5 * SEC,
+        true,
+        false,
+    )];
+    let (_d, p) = capture(convs);
+    let (_, recs, _) = analyze_json(&[&p], &[]);
+    let conn = &of_type(&recs, "connection")[0];
+    // Rounded to the millisecond: the synthetic packets are microseconds apart.
+    let idle_ms = conn["idle_close"]["idle_ms"].as_f64().map(f64::round);
+    assert_eq!(
+        (conn["idle_close"]["by"].as_str(), idle_ms),
+        (Some("server"), Some(5000.0)),
+        "{conn}"
+    );
 }
 
 /// Two pools with different worker timeouts, 30 s (Gunicorn's default) and 60 s (Puma's

@@ -355,13 +355,17 @@ fn worst(b: &Block) -> Option<Severity> {
 fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block) -> io::Result<()> {
     writeln!(
         w,
-        "\n── connection {}  {} → {}  {} – {}  {}{}",
+        "\n── connection {}  {} → {}  {} – {}  {}{}{}",
         c.id,
         c.client,
         c.server,
         short_time(c.start),
         short_time(c.end),
         c.close.describe(),
+        match &c.idle_close {
+            Some(i) => format!(" after {:.1} s idle", i.idle_ms / 1000.0),
+            None => String::new(),
+        },
         match (&c.resumes, c.midstream) {
             (Some(r), _) => format!(
                 "  (resumes connection {} after {:.1} s idle)",
