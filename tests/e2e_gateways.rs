@@ -611,6 +611,7 @@ fn run_gateway(gw: Gateway, env: &Env) -> Result<Run, Skip> {
     if let (Some(records), Some(f)) = (&records, &findings) {
         check(&mut run, f, records);
         check_timeouts(&mut run, records);
+        check_idle_close(&mut run, records);
     }
     if let (Some(live), Some(offline)) = (&findings, &offline) {
         let a = live.kind_keys();
@@ -768,6 +769,39 @@ fn check_timeouts(run: &mut Run, records: &[Value]) {
         run.failures.push(format!(
             "the summary names no proxy timer of {want_ms} ms (the gateway's read timeout): timeouts {timeouts}"
         ));
+    }
+}
+
+/// The connection the race's first request armed: the backend closes it after
+/// [`RACE_IDLE_MS`] without a request (its log says "will close after 300 ms idle"), so its
+/// connection record must say the server closed it while idle, that long after the response
+/// (plus the backend's timer and scheduling slack; before its own timer it never closes).
+fn check_idle_close(run: &mut Run, records: &[Value]) {
+    let conn = records
+        .iter()
+        .find(|r| r["type"] == "exchange" && r["target"] == RACE_ARM_TARGET)
+        .map(|r| r["conn"].clone());
+    let record = conn.and_then(|id| {
+        records
+            .iter()
+            .find(|r| r["type"] == "connection" && r["id"] == id)
+    });
+    let close = record.map(|r| {
+        (
+            r["idle_close"]["by"].as_str().unwrap_or("").to_string(),
+            r["idle_close"]["idle_ms"].as_f64(),
+        )
+    });
+    let want = RACE_IDLE_MS as f64;
+    match close {
+        Some((by, Some(ms))) if by == "server" && (want - 2.0..=want + 400.0).contains(&ms) => {
+            run.notes.push(format!(
+                "the armed connection: idle_close by the server after {ms:.1} ms (the backend's timer: {RACE_IDLE_MS} ms)"
+            ))
+        }
+        other => run.failures.push(format!(
+            "the armed connection's record should say the server closed it idle after ~{RACE_IDLE_MS} ms: {other:?} in {record:?}"
+        )),
     }
 }
 
