@@ -151,7 +151,7 @@ pub enum Timer {
 }
 
 /// Timers shorter than this are not timeouts anyone sets (an immediate rejection, an abort).
-const MIN_TIMER_MS: f64 = 1000.0;
+pub const MIN_TIMER_MS: f64 = 1000.0;
 
 /// Runs of a timer kept for the median; the first ones (in output order, so the same for
 /// any thread count).

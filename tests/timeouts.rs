@@ -345,3 +345,24 @@ fn the_table_lists_the_timer_above_what_to_check_next() {
         "{text}"
     );
 }
+
+/// The table's connection line says it too (`--all`: the connection has no finding).
+#[test]
+fn the_table_says_which_side_closed_the_idle_connection() {
+    let convs = vec![idle_closed(
+        "10.0.0.2:3000",
+        52_000,
+        0,
+        5 * SEC,
+        true,
+        false,
+    )];
+    let (_d, p) = capture(convs);
+    let out = run(&["analyze", "--all", &p.to_string_lossy()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with("── connection")
+            && l.ends_with("FIN (server first)  (backend closed it after 5.0 s idle)")),
+        "{text}"
+    );
+}

@@ -362,9 +362,18 @@ fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block) -> io::Result<()>
         short_time(c.start),
         short_time(c.end),
         c.close.describe(),
+        // Only a close that could be a keep-alive timeout (one the summary's timers count):
+        // a close right after the last response is the end of a short-lived connection.
         match &c.idle_close {
-            Some(i) => format!(" after {:.1} s idle", i.idle_ms / 1000.0),
-            None => String::new(),
+            Some(i) if i.idle_ms >= crate::summary::MIN_TIMER_MS => format!(
+                "  ({} closed it after {:.1} s idle)",
+                match i.by {
+                    crate::record::Side::Server => "backend",
+                    crate::record::Side::Client => "proxy",
+                },
+                i.idle_ms / 1000.0
+            ),
+            _ => String::new(),
         },
         match (&c.resumes, c.midstream) {
             (Some(r), _) => format!(
