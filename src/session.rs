@@ -1236,6 +1236,8 @@ impl Session {
     /// least one response complete, nothing of a next request or response begun, no head
     /// that announced the close, and both streams framed throughout (after a gap or a
     /// parser limit, "nothing begun" is not known).
+    #[cold]
+    #[inline(never)]
     fn note_idle_close(&mut self, by: Side, now: Ts) {
         if self.client_closed.is_some() || self.server_closed.is_some() {
             return;
