@@ -139,15 +139,22 @@ fn keepalive_races_at_5_s_of_idle_are_named_as_the_backends_keepalive_timeout() 
     names_one_timer(convs, "3 of 3 backend closes of idle keep-alive connections (connections' idle_close, keepalive_race, at 10.0.0.2:3000) came 5.0 s after the connection's last exchange", "Node.js's keepAliveTimeout");
 }
 
+/// Which side closes an idle connection.
+#[derive(Clone, Copy, PartialEq)]
+enum Closer {
+    Backend,
+    Proxy,
+}
+
 /// One keep-alive connection to `server` from client port `port`, starting `start` µs after
 /// T0: one exchange (the response says `Connection: close` if `announced`), then `idle` µs
-/// of silence, then the backend (`by_server`) or the proxy closes it.
+/// of silence, then `by` closes it.
 fn idle_closed(
     server: &str,
     port: u16,
     start: i64,
     idle: i64,
-    by_server: bool,
+    by: Closer,
     announced: bool,
 ) -> Conversation {
     let mut c = Conversation::new(
@@ -165,7 +172,7 @@ fn idle_closed(
         .advance(3_000)
         .server_send(response)
         .advance(idle);
-    if by_server {
+    if by == Closer::Backend {
         c.server_fin().advance(200).client_fin();
     } else {
         c.client_fin().advance(200).server_fin();
@@ -173,24 +180,37 @@ fn idle_closed(
     c
 }
 
+/// `n` such connections to `server`, a second apart, from client ports `port`, `port + 1`,
+/// …, each idle `idle` µs and a few ms more per connection (timers never fire exactly).
+fn idle_closes(
+    n: u16,
+    server: &str,
+    port: u16,
+    idle: i64,
+    by: Closer,
+    announced: bool,
+) -> Vec<Conversation> {
+    (0..n)
+        .map(|i| {
+            let jitter = i64::from(i) * 7_000;
+            idle_closed(
+                server,
+                port + i,
+                i64::from(i) * SEC,
+                idle + jitter,
+                by,
+                announced,
+            )
+        })
+        .collect()
+}
+
 /// A Node.js backend closes every keep-alive connection that idles 5 s, and the proxy never
 /// got to reuse one: no race in this capture, but the backend closes idle connections
 /// before the proxy does, which is what races need — the summary says so ahead of the 502s.
 #[test]
 fn backend_closes_of_idle_connections_at_5_s_are_named_before_any_race() {
-    let convs = (0..4u16)
-        .map(|i| {
-            let idle = 5 * SEC + i64::from(i) * 7_000;
-            idle_closed(
-                "10.0.0.2:3000",
-                48_000 + i,
-                i64::from(i) * SEC,
-                idle,
-                true,
-                false,
-            )
-        })
-        .collect();
+    let convs = idle_closes(4, "10.0.0.2:3000", 48_000, 5 * SEC, Closer::Backend, false);
     names_one_timer(
         convs,
         "4 of 4 backend closes of idle keep-alive connections (connections' idle_close, keepalive_race, at 10.0.0.2:3000) came 5.0 s after the connection's last exchange: the backend's keep-alive timeout is this long, and it closes idle connections before the proxy does",
@@ -201,18 +221,7 @@ fn backend_closes_of_idle_connections_at_5_s_are_named_before_any_race() {
 /// nginx closes upstream connections idle for 60 s (its default keepalive_timeout there).
 #[test]
 fn proxy_closes_of_idle_connections_at_60_s_are_named_as_its_keepalive_timeout() {
-    let convs = (0..3u16)
-        .map(|i| {
-            idle_closed(
-                "10.0.0.2:8000",
-                49_000 + i,
-                i64::from(i) * SEC,
-                60 * SEC,
-                false,
-                false,
-            )
-        })
-        .collect();
+    let convs = idle_closes(3, "10.0.0.2:8000", 49_000, 60 * SEC, Closer::Proxy, false);
     names_one_timer(
         convs,
         "3 of 3 proxy closes of idle keep-alive connections (connections' idle_close, at 10.0.0.2:8000) came 60.0 s after the connection's last exchange",
@@ -224,18 +233,7 @@ fn proxy_closes_of_idle_connections_at_60_s_are_named_as_its_keepalive_timeout()
 /// did what it announced: that is no keep-alive timeout.
 #[test]
 fn closes_announced_by_connection_close_name_no_keepalive_timeout() {
-    let convs = (0..4u16)
-        .map(|i| {
-            idle_closed(
-                "10.0.0.2:3000",
-                50_000 + i,
-                i64::from(i) * SEC,
-                5 * SEC,
-                true,
-                true,
-            )
-        })
-        .collect();
+    let convs = idle_closes(4, "10.0.0.2:3000", 50_000, 5 * SEC, Closer::Backend, true);
     assert_eq!(timeouts(convs), Vec::<String>::new());
 }
 
@@ -247,7 +245,7 @@ fn the_connection_record_says_who_closed_it_idle_and_after_how_long() {
         51_000,
         0,
         5 * SEC,
-        true,
+        Closer::Backend,
         false,
     )];
     let (_d, p) = capture(convs);
@@ -354,7 +352,7 @@ fn the_table_says_which_side_closed_the_idle_connection() {
         52_000,
         0,
         5 * SEC,
-        true,
+        Closer::Backend,
         false,
     )];
     let (_d, p) = capture(convs);
