@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod reassembly;
 pub mod record;
 pub mod report;
+pub mod retries;
 pub mod session;
 pub mod summary;
 pub mod synth;

@@ -117,6 +117,7 @@ impl Collector {
 
     /// Writes the summary; returns the summary and the first write error.
     pub fn finish(mut self) -> (Summary, Option<io::Error>) {
+        self.summary.retries.finish();
         if self.error.is_none() {
             if let Err(e) = self.out.summary(&self.summary) {
                 self.error = Some(e);

@@ -232,6 +232,7 @@ pub const FIELDS: &[&str] = &[
     "response_head_end",
     "response_start",
     "resumes",
+    "retries",
     "server",
     "severity",
     "start",

@@ -4,7 +4,8 @@
 
 use crate::findings::{Kind, Severity};
 use crate::flow::FlowStats;
-use crate::record::{Record, Side};
+use crate::record::{ConnId, Outcome, Record, Side};
+use crate::retries::{self, Request, Retries};
 use crate::time::Ts;
 use indexmap::IndexMap;
 use rustc_hash::FxBuildHasher;
@@ -433,10 +434,16 @@ pub enum Observed {
         ts: Ts,
         /// For the kinds a timer ends (see [`Timer`]), how long it ran.
         timer: Option<(Timer, f64)>,
+        /// The request it is about, for the retry matching (see [`crate::retries`]).
+        request: Option<Request>,
     },
     Exchange {
         server: SocketAddr,
         ttfb_ms: Option<f64>,
+        request: Option<Request>,
+        request_start: Option<Ts>,
+        outcome: Outcome,
+        status: Option<u16>,
     },
     Connection {
         server: SocketAddr,
@@ -445,6 +452,22 @@ pub enum Observed {
         /// Who closed the connection while it was idle, and after how long.
         idle_close: Option<(Side, f64)>,
     },
+}
+
+/// The request a record is about, if it names one (method and target).
+fn request(
+    conn: ConnId,
+    index: Option<u32>,
+    client: SocketAddr,
+    method: &Option<String>,
+    target: &Option<String>,
+) -> Option<Request> {
+    Some(Request {
+        conn,
+        index: index?,
+        proxy: client.ip(),
+        key: retries::request_key(method.as_deref()?, target.as_deref()?),
+    })
 }
 
 impl Observed {
@@ -457,10 +480,17 @@ impl Observed {
                 server: f.server,
                 ts: f.ts,
                 timer: Timer::of(f.kind, &f.evidence),
+                request: retries::retryable(f.kind)
+                    .then(|| request(f.conn, f.exchange, f.client, &f.method, &f.target))
+                    .flatten(),
             },
             Record::Exchange(e) => Observed::Exchange {
                 server: e.server,
                 ttfb_ms: e.ttfb_ms,
+                request: request(e.conn, Some(e.index), e.client, &e.method, &e.target),
+                request_start: e.request_start,
+                outcome: e.outcome,
+                status: e.status,
             },
             Record::Connection(c) => Observed::Connection {
                 server: c.server,
@@ -514,6 +544,8 @@ pub struct Summary {
     pub backends: IndexMap<SocketAddr, BackendStats, FxBuildHasher>,
     /// Connections whose last packet is timestamped before their first.
     pub time_backwards: u64,
+    /// Failed requests and whether the proxy sent them again (see [`crate::retries`]).
+    pub retries: Retries,
     /// Problems with the input (unreadable file, truncated record...), one line each.
     pub input_errors: Vec<String>,
     /// Lines worth a user's attention about the run itself (drops, limits).
@@ -559,7 +591,11 @@ impl Summary {
                 server,
                 ts,
                 timer,
+                request,
             } => {
+                if let Some(r) = request {
+                    self.retries.failure(kind, r, ts);
+                }
                 if let Some((t, ms)) = timer {
                     self.timers.entry(t).or_default().add(ms, server);
                 }
@@ -584,7 +620,18 @@ impl Summary {
                     Severity::Info => {}
                 }
             }
-            Observed::Exchange { server, ttfb_ms } => {
+            Observed::Exchange {
+                server,
+                ttfb_ms,
+                request,
+                request_start,
+                outcome,
+                status,
+            } => {
+                if let Some(r) = request {
+                    self.retries
+                        .exchange(r, server, request_start, outcome, status);
+                }
                 self.exchanges += 1;
                 let b = self.backend(server);
                 b.exchanges += 1;
@@ -845,6 +892,7 @@ impl Summary {
                 "unreachable_outlived": self.flow.unreachable_outlived,
             },
             "backends": backends,
+            "retries": self.retries.to_json(),
             "input_errors": self.input_errors,
             "notes": self.completeness_notes(),
         })

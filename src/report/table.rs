@@ -295,12 +295,12 @@ impl<W: Write + Send> Output for TableReport<W> {
         if !timers.is_empty() {
             writeln!(w, "\ntimeouts:")?;
             for t in &timers {
-                let text = tabled::settings::width::Wrap::wrap(&t.message, 96, true);
-                for (i, line) in text.lines().map(str::trim).enumerate() {
-                    let lead = if i == 0 { "  " } else { "    " };
-                    writeln!(w, "{lead}{line}")?;
-                }
+                wrap_lines(w, &t.message)?;
             }
+        }
+        if let Some(m) = s.retries.message() {
+            writeln!(w, "\nretries:")?;
+            wrap_lines(w, &m)?;
         }
         if !s.findings.is_empty() {
             write_next_steps(w, s)?;
@@ -309,7 +309,7 @@ impl<W: Write + Send> Output for TableReport<W> {
         self.done
             .sort_by(|(c1, b1), (c2, b2)| worst(b2).cmp(&worst(b1)).then(c1.id.cmp(&c2.id)));
         for (c, b) in &self.done {
-            write_block(w, c, b)?;
+            write_block(w, c, b, s)?;
         }
         if self.more_blocks > 0 {
             writeln!(
@@ -320,6 +320,16 @@ impl<W: Write + Send> Output for TableReport<W> {
         }
         w.flush()
     }
+}
+
+/// A paragraph wrapped to 96 columns, its first line indented two spaces, the rest four.
+fn wrap_lines<W: Write>(w: &mut W, text: &str) -> io::Result<()> {
+    let text = tabled::settings::width::Wrap::wrap(text, 96, true);
+    for (i, line) in text.lines().map(str::trim).enumerate() {
+        let lead = if i == 0 { "  " } else { "    " };
+        writeln!(w, "{lead}{line}")?;
+    }
+    Ok(())
 }
 
 /// Width of the "what to check next" text, after the kind's name.
@@ -352,7 +362,7 @@ fn worst(b: &Block) -> Option<Severity> {
     b.findings.iter().map(|f| f.severity).max()
 }
 
-fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block) -> io::Result<()> {
+fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block, s: &Summary) -> io::Result<()> {
     writeln!(
         w,
         "\n── connection {}  {} → {}  {} – {}  {}{}{}",
@@ -484,6 +494,13 @@ fn write_block<W: Write>(w: &mut W, c: &Connection, b: &Block) -> io::Result<()>
             "      nginx:   {}{status}\n      HAProxy: {} · Envoy: {}",
             h.nginx, h.haproxy, h.envoy
         )?;
+        let retry = f
+            .exchange
+            .filter(|_| crate::retries::retryable(f.kind))
+            .and_then(|i| s.retries.describe(f.conn, i));
+        if let Some(r) = retry {
+            writeln!(w, "      retry:   {r}")?;
+        }
     }
     if b.more_findings > 0 {
         writeln!(w, "   … {} more finding(s)", b.more_findings)?;
