@@ -277,6 +277,10 @@ const CASES: &[Case] = &[
 const RACE_ARM_TARGET: &str = "/fault/keepalive-race?ms=300";
 const RACE_IDLE_MS: u64 = 300;
 const RACE_TARGET: &str = "/ok/after-keepalive-race";
+/// The race again behind nginx, with a GET on a location where nginx retries
+/// (`proxy_next_upstream error timeout`, its default): the reset request is sent again on a
+/// new connection and answered, and gatescope's retries must say so (see [`check_retries`]).
+const RETRY_RACE_TARGET: &str = "/ok/after-keepalive-race-retried";
 
 /// The gateways' timeouts, as rendered into their configs.
 const GATEWAY_READ_TIMEOUT: &str = "2s";
@@ -518,8 +522,18 @@ fn run_gateway(gw: Gateway, env: &Env) -> Result<Run, Skip> {
     // Requests. The race goes first, while the gateway's keep-alive pool is empty, so that
     // the armed connection is the one the gateway reuses.
     let mut sent: Vec<(String, &'static str, String, Leg, Got)> = Vec::new();
-    for (name, target, got) in run_keepalive_race(gw_port, &gateway, &backend) {
-        sent.push((name, "POST", target, Leg::Backend, got));
+    for (name, method, target, got) in
+        run_keepalive_race(gw_port, &gateway, &backend, "POST", RACE_TARGET)
+    {
+        sent.push((name, method, target, Leg::Backend, got));
+    }
+    if gw == Gateway::Nginx {
+        thread::sleep(PAUSE_BETWEEN_REQUESTS);
+        for (name, method, target, got) in
+            run_keepalive_race(gw_port, &gateway, &backend, "GET", RETRY_RACE_TARGET)
+        {
+            sent.push((name, method, target, Leg::Backend, got));
+        }
     }
     for case in CASES {
         if case.leg == Leg::Unanswered && blackhole.is_none() {
@@ -612,6 +626,7 @@ fn run_gateway(gw: Gateway, env: &Env) -> Result<Run, Skip> {
         check(&mut run, f, records);
         check_timeouts(&mut run, records);
         check_idle_close(&mut run, records);
+        check_retries(&mut run, f, records);
     }
     if let (Some(live), Some(offline)) = (&findings, &offline) {
         let a = live.kind_keys();
@@ -772,6 +787,75 @@ fn check_timeouts(run: &mut Run, records: &[Value]) {
     }
 }
 
+/// Did the client see the race? gatescope's `retries` against what the client got and
+/// nginx's `$upstream_status` (one status per attempt): the POST race, where nginx retries
+/// nothing (`proxy_next_upstream off`), must be `not_retried` and the client's answer the
+/// gateway's error; the GET race on the retrying location must be `answered` 200 by a
+/// later attempt, the client must have got that 200, and nginx must have logged two
+/// attempts. A race that did not happen (the gateway saw the close in time) is a note.
+fn check_retries(run: &mut Run, findings: &Findings, records: &[Value]) {
+    let chains = records
+        .iter()
+        .find(|r| r["type"] == "summary")
+        .and_then(|s| s["retries"]["chains"].as_array().cloned())
+        .unwrap_or_default();
+    for (target, want_fate) in [
+        (RACE_TARGET, "not_retried"),
+        (RETRY_RACE_TARGET, "answered"),
+    ] {
+        let Some(obs) = run.observed.iter().find(|o| o.target == target) else {
+            continue;
+        };
+        let race = records.iter().find(|r| {
+            r["type"] == "finding" && r["kind"] == "keepalive_race" && r["target"] == target
+        });
+        let Some(race) = race else {
+            run.notes.push(format!(
+                "{target}: no keep-alive race on the wire this run (client got {}, gateway log {}; {} exchange(s))",
+                obs.got.describe(),
+                obs.gw_status,
+                findings.exchanges_for(target)
+            ));
+            continue;
+        };
+        let chain = chains
+            .iter()
+            .find(|c| c["conn"] == race["conn"] && c["exchange"] == race["exchange"]);
+        let fate = chain.map(|c| {
+            (
+                c["fate"].clone(),
+                c["status"].clone(),
+                c["attempts"].clone(),
+            )
+        });
+        let what = format!(
+            "{} {target}: client got {}, gateway log {}; gatescope's chain {fate:?}",
+            obs.method,
+            obs.got.describe(),
+            obs.gw_status
+        );
+        let ok = match (want_fate, &fate) {
+            ("not_retried", Some((f, _, _))) => {
+                f == "not_retried" && obs.got.gateway_failed(obs.tsc.as_deref())
+            }
+            (_, Some((f, status, attempts))) => {
+                f == "answered"
+                    && *status == 200
+                    && attempts.as_array().is_some_and(|a| a.len() == 1)
+                    && matches!(obs.got, Got::Complete { status: 200, .. })
+                    && obs.gw_status.contains(", ")
+            }
+            _ => false,
+        };
+        if ok {
+            run.notes.push(format!("retries: {what}"));
+        } else {
+            run.failures
+                .push(format!("retries: want {want_fate}: {what}"));
+        }
+    }
+}
+
 /// The connection the race's first request armed: the backend closes it after
 /// [`RACE_IDLE_MS`] without a request (its log says "will close after 300 ms idle"), so its
 /// connection record must say the server closed it while idle, that long after the response
@@ -808,10 +892,10 @@ fn check_idle_close(run: &mut Run, records: &[Value]) {
 /// What the race's second request must show: a `keepalive_race` when the gateway failed it; when
 /// the gateway served it (it saw the close in time, or retried), no error on its last exchange.
 fn race_expectation(obs: &Observed, findings: &Findings) -> (Vec<&'static str>, Vec<&'static str>) {
-    if obs.target != RACE_TARGET {
+    if obs.target != RACE_TARGET && obs.target != RETRY_RACE_TARGET {
         return (Vec::new(), Vec::new());
     }
-    let attempts = findings.exchanges_for(RACE_TARGET);
+    let attempts = findings.exchanges_for(&obs.target);
     if obs.got.gateway_failed(obs.tsc.as_deref()) || attempts > 1 {
         (vec!["keepalive_race"], vec![])
     } else {
@@ -842,7 +926,9 @@ fn run_keepalive_race(
     gw_port: u16,
     gateway: &GatewayProc,
     backend: &Backend,
-) -> Vec<(String, String, Got)> {
+    method: &'static str,
+    target: &str,
+) -> Vec<(String, &'static str, String, Got)> {
     let mut out = Vec::new();
     let arm = Req {
         method: "POST",
@@ -852,7 +938,8 @@ fn run_keepalive_race(
     };
     let armed = send_request(gw_port, &arm);
     out.push((
-        "keepalive-race (arming request)".to_string(),
+        format!("keepalive-race (arming request for {target})"),
+        "POST",
         RACE_ARM_TARGET.to_string(),
         armed,
     ));
@@ -865,9 +952,14 @@ fn run_keepalive_race(
     let paused = Paused::new(&pids);
     let mut client = TcpStream::connect_timeout(&addr(gw_port), Duration::from_secs(2));
     if let Ok(c) = &mut client {
-        let head = format!(
-            "POST {RACE_TARGET} HTTP/1.1\r\nHost: 127.0.0.1:{gw_port}\r\nContent-Length: 4\r\nUser-Agent: gatescope-e2e\r\n\r\nrace"
-        );
+        let head = match method {
+            "POST" => format!(
+                "POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{gw_port}\r\nContent-Length: 4\r\nUser-Agent: gatescope-e2e\r\n\r\nrace"
+            ),
+            _ => format!(
+                "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{gw_port}\r\nUser-Agent: gatescope-e2e\r\n\r\n"
+            ),
+        };
         let _ = c.write_all(head.as_bytes());
     }
     // Wait for the backend to log its idle close (bounded), then a little for the FIN to land.
@@ -880,10 +972,15 @@ fn run_keepalive_race(
     thread::sleep(Duration::from_millis(50));
     drop(paused);
     let got = match client {
-        Ok(mut c) => read_response(&mut c, "POST", Instant::now() + CLIENT_DEADLINE, None),
+        Ok(mut c) => read_response(&mut c, method, Instant::now() + CLIENT_DEADLINE, None),
         Err(e) => Got::ConnectFailed(e.to_string()),
     };
-    out.push(("keepalive-race".to_string(), RACE_TARGET.to_string(), got));
+    let name = if method == "POST" {
+        "keepalive-race"
+    } else {
+        "keepalive-race (retried by the gateway)"
+    };
+    out.push((name.to_string(), method, target.to_string(), got));
     out
 }
 
@@ -1390,6 +1487,8 @@ http {{
         # One backend attempt per request: the one-to-one match with the capture.
         proxy_next_upstream off;
         location / {{ proxy_pass http://backend; }}
+        # nginx's defaults: a request that fails on a kept-alive connection goes out again.
+        location = {RETRY_RACE_TARGET} {{ proxy_pass http://backend; proxy_next_upstream error timeout; }}
         location /refused/ {{ proxy_pass http://refused; }}
         location /unanswered/ {{ proxy_pass http://unanswered; }}
         location /slowaccept/ {{ proxy_pass http://slowaccept; }}
@@ -1487,9 +1586,9 @@ impl GatewayLogs {
                     .iter()
                     .find(|l| l.contains(&req))
                     .map(|l| {
-                        let mut it = l.split(' ');
-                        let st = it.next().unwrap_or("?");
-                        let up = it.next().unwrap_or("").trim_matches('"');
+                        // `200 "502, 200" "GET …`: one upstream status per attempt.
+                        let st = l.split(' ').next().unwrap_or("?");
+                        let up = l.split('"').nth(1).unwrap_or("");
                         format!("{st} (upstream {up})")
                     })
                     .unwrap_or_else(|| "no access-log line".to_string());
@@ -2180,7 +2279,7 @@ fn markdown<'a>(runs: &'a [Run], tool: CaptureTool) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "<!-- generated by tests/e2e_gateways.rs (capture: {tool:?}); nginx proxy_read_timeout {GATEWAY_READ_TIMEOUT}, proxy_next_upstream off, keepalive 8; HAProxy timeout server {GATEWAY_READ_TIMEOUT}, retries 0, http-reuse always -->\n"
+        "<!-- generated by tests/e2e_gateways.rs (capture: {tool:?}); nginx proxy_read_timeout {GATEWAY_READ_TIMEOUT}, proxy_next_upstream off (error timeout for {RETRY_RACE_TARGET}), keepalive 8; HAProxy timeout server {GATEWAY_READ_TIMEOUT}, retries 0, http-reuse always -->\n"
     );
     md.push_str("| fault | nginx: status · error log | HAProxy: status · termination state | gatescope finding(s) |\n");
     md.push_str("|---|---|---|---|\n");
