@@ -89,6 +89,7 @@ const EXPECTED: &[Sample] = &[
         &[("invalid_content_length", 1)],
     ),
     ("keepalive_race", 2, &[("keepalive_race", 2)]),
+    ("keepalive_race_retried", 3, &[("keepalive_race", 2)]),
     ("malformed_header_no_colon", 1, &[("malformed_header", 1)]),
     ("malformed_header_nul", 1, &[("malformed_header", 1)]),
     ("malformed_header_obs_fold", 1, &[("malformed_header", 1)]),
@@ -241,6 +242,31 @@ fn keepalive_race_evidence_has_the_idle_time_and_the_fin_timing() {
         .unwrap_or(0.0);
     assert!((4800.0..5000.0).contains(&idle), "{f}");
     assert_eq!(f["method"], "GET");
+}
+
+/// The race, then nginx's retry of the reset GET on a new connection, answered 200: the
+/// race is still an error, and the summary says the client most likely got the 200.
+#[test]
+fn a_retried_keepalive_race_is_answered_by_the_retry() {
+    let (code, recs, _) =
+        analyze_json(&[&repo().join("captures/keepalive_race_retried.pcap")], &[]);
+    let r = &of_type(&recs, "summary")[0]["retries"];
+    assert_eq!(
+        (
+            code,
+            &r["answered"],
+            &r["chains"][0]["kind"],
+            &r["chains"][0]["status"],
+            &r["chains"][0]["attempts"][0]["server"]
+        ),
+        (
+            1,
+            &serde_json::json!(1),
+            &serde_json::json!("keepalive_race"),
+            &serde_json::json!(200),
+            &serde_json::json!("10.0.0.2:8080")
+        )
+    );
 }
 
 #[test]

@@ -508,6 +508,7 @@ scenarios![
     reset_during_request,
     connect_unreachable,
     middlebox_reset,
+    keepalive_race_retried,
 ];
 
 fn write_samples(dir: &Path, only: Option<&str>) -> io::Result<()> {
@@ -1307,6 +1308,24 @@ fn keepalive_race(port: u16) -> Sample {
     // Linux answers data on a closed socket with a RST at the sequence the proxy acknowledged
     c.raw_segment(false, fin_rel, &[], TcpFlags::RST);
     sample(c)
+}
+
+/// [`keepalive_race`], and what nginx does next with an idempotent request that failed on a
+/// kept-alive connection: it sends it again at once, on a new connection (here from port
+/// `port + 10000`, so that it is unique among the samples), and gets a 200.
+fn keepalive_race_retried(port: u16) -> Sample {
+    let mut race = keepalive_race(port).packets;
+    let reset_at = race.last().map_or(T0, |p| p.0);
+    let mut c = conv_at(port + 10_000, reset_at + 80);
+    c.handshake();
+    exchange(&mut c, &get("/api/users/2"), |t| json_ok(t, 640, 16));
+    proxy_closes(&mut c);
+    race.extend(c.into_packets());
+    race.sort_by_key(|p| p.0);
+    Sample {
+        opts: eth(),
+        packets: race,
+    }
 }
 
 fn zero_window(port: u16) -> Sample {
