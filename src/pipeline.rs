@@ -76,6 +76,12 @@ pub trait Output: Send {
         let _ = (finding, bytes);
         Err(io::Error::other("this output renders no records ahead"))
     }
+    /// A failed request's chain of attempts has ended (see [`crate::retries`]): written
+    /// right after the record that ended it.
+    fn retry(&mut self, c: &crate::retries::Chain) -> io::Result<()> {
+        let _ = c;
+        Ok(())
+    }
 }
 
 /// Feeds records to the output and keeps the summary in step with what was written.
@@ -103,6 +109,19 @@ impl Collector {
         if let Err(e) = self.out.record(r) {
             self.error = Some(e);
         }
+        self.retries();
+    }
+
+    /// Writes the retry chains the last record ended.
+    fn retries(&mut self) {
+        for c in self.summary.retries.take_closed() {
+            if self.error.is_some() {
+                return;
+            }
+            if let Err(e) = self.out.retry(&c) {
+                self.error = Some(e);
+            }
+        }
     }
 
     fn emit_rendered(&mut self, o: &Observed, bytes: &[u8]) {
@@ -113,11 +132,13 @@ impl Collector {
         if let Err(e) = self.out.rendered(o.is_finding(), bytes) {
             self.error = Some(e);
         }
+        self.retries();
     }
 
     /// Writes the summary; returns the summary and the first write error.
     pub fn finish(mut self) -> (Summary, Option<io::Error>) {
         self.summary.retries.finish();
+        self.retries();
         if self.error.is_none() {
             if let Err(e) = self.out.summary(&self.summary) {
                 self.error = Some(e);

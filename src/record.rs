@@ -190,6 +190,7 @@ impl Close {
 /// Every top-level field name of the JSON lines (all record types and the summary):
 /// `--tag` may not use them, so that a tag can never overwrite what gatescope reports.
 pub const FIELDS: &[&str] = &[
+    "attempts",
     "backends",
     "bytes_to_client",
     "bytes_to_server",
@@ -203,6 +204,7 @@ pub const FIELDS: &[&str] = &[
     "evidence",
     "exchange",
     "exchanges",
+    "fate",
     "finding_times",
     "findings",
     "first_ts",
@@ -219,6 +221,7 @@ pub const FIELDS: &[&str] = &[
     "message",
     "method",
     "midstream",
+    "more_attempts",
     "next_step",
     "notes",
     "outcome",

@@ -127,11 +127,121 @@ pub struct Chain {
     pub conn: ConnId,
     pub index: u32,
     pub kind: Kind,
+    /// The backend of the first failure.
+    pub server: SocketAddr,
     pub at: Ts,
     pub attempts: Vec<Attempt>,
     /// Attempts beyond those listed.
     pub more_attempts: u32,
     pub fate: Fate,
+}
+
+impl Chain {
+    /// The chain as a JSON object: the summary's `chains` entries, and (with `"type"`) the
+    /// `retry` record.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.view(None)).unwrap_or_default()
+    }
+
+    fn view(&self, tag: Option<&'static str>) -> ChainJson<'_> {
+        ChainJson {
+            tag,
+            conn: self.conn,
+            exchange: self.index,
+            kind: self.kind.name(),
+            ts: self.at.to_string(),
+            server: self.server.to_string(),
+            fate: self.fate.name(),
+            status: match self.fate {
+                Fate::Answered(s) => s,
+                _ => None,
+            },
+            attempts: self
+                .attempts
+                .iter()
+                .map(|a| AttemptJson {
+                    conn: a.conn,
+                    exchange: a.index,
+                    server: a.server.to_string(),
+                    after_ms: a.after_ms,
+                    outcome: a.outcome,
+                    status: a.status,
+                })
+                .collect(),
+            more_attempts: self.more_attempts,
+        }
+    }
+
+    /// The `retry` record, to serialise.
+    pub fn record(&self) -> impl serde::Serialize + '_ {
+        self.view(Some("retry"))
+    }
+
+    /// What became of the request after its first failure (`None`) or after its attempt
+    /// at `pos` in [`Chain::attempts`], in words.
+    pub fn story(&self, pos: Option<usize>) -> String {
+        let after = match pos {
+            Some(p) => self.attempts.get(p + 1..).unwrap_or_default(),
+            None => &self.attempts[..],
+        };
+        let of = match pos {
+            Some(p) => format!(
+                "attempt {} of the request that failed first on connection {} exchange {}; ",
+                p + 2,
+                self.conn,
+                self.index
+            ),
+            None => String::new(),
+        };
+        let Some(next) = after.first() else {
+            return format!(
+                "{of}not sent again on any connection in the capture: this failure reached the client"
+            );
+        };
+        let fate = match self.fate {
+            Fate::Answered(s) => format!(
+                "answered {}: the client most likely got that",
+                s.map_or("without a status".to_string(), |s| s.to_string())
+            ),
+            Fate::FailedAgain => "failed again: the client got the gateway's error".into(),
+            Fate::Unknown => "no answer before the capture ended".into(),
+            Fate::NotRetried => String::new(),
+        };
+        let more = match after.len() as u32 + self.more_attempts {
+            1 => String::new(),
+            k => format!(" ({k} attempts in all after this one)"),
+        };
+        format!(
+            "{of}sent again {:.1} ms later on connection {} exchange {} to {}{more}: {fate}",
+            next.after_ms, next.conn, next.index, next.server
+        )
+    }
+}
+
+/// A chain as written (field order as in the other records: `type` first).
+#[derive(serde::Serialize)]
+struct ChainJson<'a> {
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    tag: Option<&'static str>,
+    conn: ConnId,
+    exchange: u32,
+    kind: &'a str,
+    ts: String,
+    server: String,
+    fate: &'static str,
+    status: Option<u16>,
+    attempts: Vec<AttemptJson>,
+    more_attempts: u32,
+}
+
+#[derive(serde::Serialize)]
+struct AttemptJson {
+    conn: ConnId,
+    exchange: u32,
+    server: String,
+    after_ms: f64,
+    outcome: Outcome,
+    status: Option<u16>,
 }
 
 /// A failure waiting for its retry.
@@ -166,6 +276,9 @@ pub struct Retries {
     /// Attempts after the first, over all chains.
     pub attempts: u64,
     pub listed: Vec<Chain>,
+    /// Chains ended since [`Retries::take_closed`] last took them: each is written as a
+    /// `retry` record right after the record that ended it.
+    closed: Vec<Chain>,
 }
 
 impl Retries {
@@ -193,7 +306,7 @@ impl Retries {
     }
 
     /// A finding: if it is a failure a retry can follow, the request waits for its retry.
-    pub fn failure(&mut self, kind: Kind, req: Request, at: Ts) {
+    pub fn failure(&mut self, kind: Kind, req: Request, server: SocketAddr, at: Ts) {
         self.advance(at);
         if !retryable(kind) {
             return;
@@ -214,6 +327,7 @@ impl Retries {
             conn: req.conn,
             index: req.index,
             kind,
+            server,
             at,
             attempts: Vec::new(),
             more_attempts: 0,
@@ -360,8 +474,9 @@ impl Retries {
         });
         *self.fates.entry(o.chain.fate).or_default() += 1;
         if self.listed.len() < MAX_LISTED {
-            self.listed.push(o.chain);
+            self.listed.push(o.chain.clone());
         }
+        self.closed.push(o.chain);
     }
 
     /// End of input: every failure still waiting has its fate.
@@ -379,6 +494,11 @@ impl Retries {
             self.close(id, None, false);
         }
         self.listed.sort_by_key(|c| (c.at, c.conn, c.index));
+    }
+
+    /// The chains ended since the last call, in the order they ended.
+    pub fn take_closed(&mut self) -> Vec<Chain> {
+        std::mem::take(&mut self.closed)
     }
 
     /// Failed requests with a fate.
@@ -487,84 +607,18 @@ impl Retries {
     /// What became of the request of exchange `index` on connection `conn`, if it failed
     /// and its chain is listed: one line for the report under its finding.
     pub fn describe(&self, conn: ConnId, index: u32) -> Option<String> {
-        for c in &self.listed {
-            let first = c.conn == conn && c.index == index;
+        self.listed.iter().find_map(|c| {
             let pos = c
                 .attempts
                 .iter()
                 .position(|a| a.conn == conn && a.index == index);
-            if !first && pos.is_none() {
-                continue;
-            }
-            // The attempts after this one.
-            let after = match pos {
-                Some(p) => &c.attempts[p + 1..],
-                None => &c.attempts[..],
-            };
-            let of = match pos {
-                Some(p) => format!(
-                    "attempt {} of the request that failed first on connection {} exchange {}; ",
-                    p + 2,
-                    c.conn,
-                    c.index
-                ),
-                None => String::new(),
-            };
-            let Some(next) = after.first() else {
-                return Some(format!(
-                    "{of}not sent again on any connection in the capture: this failure reached the client"
-                ));
-            };
-            let last = after.last().unwrap_or(next);
-            let fate = match c.fate {
-                Fate::Answered(s) => format!(
-                    "answered {}: the client most likely got that",
-                    s.map_or("without a status".to_string(), |s| s.to_string())
-                ),
-                Fate::FailedAgain => "failed again: the client got the gateway's error".into(),
-                Fate::Unknown => "no answer before the capture ended".into(),
-                Fate::NotRetried => String::new(),
-            };
-            let more = match after.len() as u32 + c.more_attempts {
-                1 => String::new(),
-                k => format!(
-                    " ({k} attempts in all after this one, the last on connection {} exchange {})",
-                    last.conn, last.index
-                ),
-            };
-            return Some(format!(
-                "{of}sent again {:.1} ms later on connection {} exchange {} to {}{more}: {fate}",
-                next.after_ms, next.conn, next.index, next.server
-            ));
-        }
-        None
+            (pos.is_some() || (c.conn == conn && c.index == index)).then(|| c.story(pos))
+        })
     }
 
     /// The `"retries"` object of the JSON summary.
     pub fn to_json(&self) -> serde_json::Value {
-        let chains: Vec<serde_json::Value> = self
-            .listed
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "conn": c.conn,
-                    "exchange": c.index,
-                    "kind": c.kind.name(),
-                    "ts": c.at.to_string(),
-                    "fate": c.fate.name(),
-                    "status": match c.fate { Fate::Answered(s) => s, _ => None },
-                    "attempts": c.attempts.iter().map(|a| serde_json::json!({
-                        "conn": a.conn,
-                        "exchange": a.index,
-                        "server": a.server.to_string(),
-                        "after_ms": a.after_ms,
-                        "outcome": a.outcome,
-                        "status": a.status,
-                    })).collect::<Vec<_>>(),
-                    "more_attempts": c.more_attempts,
-                })
-            })
-            .collect();
+        let chains: Vec<serde_json::Value> = self.listed.iter().map(Chain::to_json).collect();
         let fates = self.by_fate();
         let n = |k: &str| fates.get(k).copied().unwrap_or(0);
         serde_json::json!({

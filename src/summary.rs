@@ -594,7 +594,7 @@ impl Summary {
                 request,
             } => {
                 if let Some(r) = request {
-                    self.retries.failure(kind, r, ts);
+                    self.retries.failure(kind, r, server, ts);
                 }
                 if let Some((t, ms)) = timer {
                     self.timers.entry(t).or_default().add(ms, server);

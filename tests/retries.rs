@@ -68,6 +68,12 @@ fn attempt(
     c
 }
 
+/// The JSON records for the conversations.
+fn records(convs: Vec<Conversation>) -> Vec<Value> {
+    let (_d, p) = write_packets(convs.into_iter().flat_map(|c| c.into_packets()).collect());
+    analyze_json(&[&p], &[]).1
+}
+
 /// The summary's `retries` for the conversations, and the table report.
 fn retries(convs: Vec<Conversation>) -> (Value, String) {
     let (_d, p) = write_packets(convs.into_iter().flat_map(|c| c.into_packets()).collect());
@@ -137,6 +143,30 @@ fn a_race_the_proxy_sent_again_and_got_answered_is_answered() {
     assert!(
         table.contains("retry:   sent again 0.6 ms later on connection 11 exchange 1 to 10.0.0.3:3000: answered 200: the client most likely got that"),
         "{table}"
+    );
+}
+
+/// For log pipelines: each failed request's fate is a `retry` record, written right after
+/// the record that settled it — here the exchange of the attempt that was answered.
+#[test]
+fn the_fate_is_a_retry_record_right_after_the_answering_exchange() {
+    let a = race(45_000, T0);
+    let retry_at = a.now() + 200;
+    let b = attempt("10.0.0.1:45001", "10.0.0.3:3000", retry_at, "/b", Some(200));
+    let recs = records(vec![a, b]);
+    let at = recs.iter().position(|r| r["type"] == "retry");
+    let before = at.and_then(|i| recs.get(i.checked_sub(1)?));
+    assert_eq!(
+        (
+            of_type(&recs, "retry").len(),
+            before.map(|r| (r["type"].clone(), r["server"].clone())),
+            at.map(|i| (recs[i]["fate"].clone(), recs[i]["exchange"].clone()))
+        ),
+        (
+            1,
+            Some((Value::from("exchange"), Value::from("10.0.0.3:3000"))),
+            Some((Value::from("answered"), Value::from(2)))
+        )
     );
 }
 

@@ -1,5 +1,5 @@
 //! JSON Lines: one flat object per line, tagged by `"type"` (`finding`, `exchange`,
-//! `connection`, and a final `summary`). The schema is documented in the README; field names
+//! `connection`, `retry`, and a final `summary`). The schema is documented in the README; field names
 //! are stable. In live mode every finding is flushed at once so a log shipper sees it while
 //! the incident lasts; exchange and connection lines are flushed with it or within 100 ms of
 //! the previous flush (a write per exchange would cost more than the analysis under load).
@@ -106,6 +106,18 @@ impl<W: Write + Send> Output for JsonLines<W> {
     fn rendered(&mut self, finding: bool, bytes: &[u8]) -> io::Result<()> {
         self.w.write_all(bytes)?;
         self.maybe_flush(finding)
+    }
+
+    fn retry(&mut self, c: &crate::retries::Chain) -> io::Result<()> {
+        if self.extra.is_empty() {
+            self.line_buf.clear();
+            serde_json::to_writer(&mut self.line_buf, &c.record())?;
+            self.line_buf.push(b'\n');
+            self.w.write_all(&self.line_buf)?;
+            return self.maybe_flush(true);
+        }
+        let v = serde_json::to_value(c.record()).map_err(io::Error::other)?;
+        self.line(v, true)
     }
 
     fn summary(&mut self, s: &Summary) -> io::Result<()> {

@@ -192,6 +192,24 @@ impl<W: Write + Send> Output for TableReport<W> {
         Ok(())
     }
 
+    /// Live: what became of a failed request, under its finding's line in the feed — the
+    /// ones a retry answered were no 502 for their clients.
+    fn retry(&mut self, c: &crate::retries::Chain) -> io::Result<()> {
+        if let Some(feed) = self.feed.as_mut() {
+            let line = format!(
+                "{} RETRY {} connection {} exchange {} → {}: {}",
+                short_time(c.at),
+                c.kind,
+                c.conn,
+                c.index,
+                c.server,
+                c.story(None)
+            );
+            let _ = writeln!(feed, "{line}").and_then(|()| feed.flush());
+        }
+        Ok(())
+    }
+
     fn summary(&mut self, s: &Summary) -> io::Result<()> {
         let w = &mut self.w;
         let span = match (s.first_ts, s.last_ts) {
@@ -576,6 +594,37 @@ mod test {
                 "10:00:04.905080 ERROR keepalive_race 10.0.0.1:40147 → 10.0.0.2:8080 exchange 2 (GET /api/users/2): request sent on a reused keep-alive connection\n".to_string(),
                 String::new()
             )
+        );
+    }
+
+    /// Live: a race the proxy sent again and got answered shows as a RETRY line after it.
+    #[test]
+    fn a_live_feed_says_when_a_retry_answered_a_failed_request() {
+        use crate::record::Outcome;
+        use crate::retries::{Attempt, Chain, Fate};
+        let (report, feed) = (Shared::default(), Shared::default());
+        let mut t = TableReport::new(report.clone(), false).with_feed(Box::new(feed.clone()));
+        let chain = Chain {
+            conn: 1,
+            index: 2,
+            kind: Kind::KeepaliveRace,
+            server: "10.0.0.2:8080".parse().unwrap_or_else(|e| panic!("{e}")),
+            at: Ts(1_768_471_204_905_080),
+            attempts: vec![Attempt {
+                conn: 11,
+                index: 1,
+                server: "10.0.0.3:8080".parse().unwrap_or_else(|e| panic!("{e}")),
+                after_ms: 0.47,
+                outcome: Outcome::Complete,
+                status: Some(200),
+            }],
+            more_attempts: 0,
+            fate: Fate::Answered(Some(200)),
+        };
+        t.retry(&chain).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            feed.text(),
+            "10:00:04.905080 RETRY keepalive_race connection 1 exchange 2 → 10.0.0.2:8080: sent again 0.5 ms later on connection 11 exchange 1 to 10.0.0.3:8080: answered 200: the client most likely got that\n"
         );
     }
 }
