@@ -169,6 +169,7 @@ struct NullOutput {
 #[derive(Default)]
 struct Counts {
     connections: u64,
+    retries: u64,
 }
 
 impl NullOutput {
@@ -189,6 +190,17 @@ impl Output for NullOutput {
         match (&mut self.json, &mut self.table) {
             (Some(j), _) => j.record(r),
             (_, Some(t)) => t.record(r),
+            _ => Ok(()),
+        }
+    }
+
+    fn retry(&mut self, c: &crate::retries::Chain) -> io::Result<()> {
+        if let Ok(mut n) = self.counts.lock() {
+            n.retries += 1;
+        }
+        match (&mut self.json, &mut self.table) {
+            (Some(j), _) => j.retry(c),
+            (_, Some(t)) => t.retry(c),
             _ => Ok(()),
         }
     }
@@ -309,10 +321,18 @@ pub fn pipeline(data: &[u8]) {
     let (summary, err) = analyzer.finish(Vec::new());
     assert!(err.is_none(), "a null output failed: {err:?}");
     assert_eq!(summary.read.packets, frames);
-    let written = counts.lock().map(|c| c.connections).unwrap_or(0);
+    let (written, retries) = counts
+        .lock()
+        .map(|c| (c.connections, c.retries))
+        .unwrap_or_default();
     assert_eq!(
         written, summary.flow.connections,
         "every connection is written once"
+    );
+    assert_eq!(
+        retries,
+        summary.retries.failed() - summary.retries.untracked,
+        "every failed request's fate is written once"
     );
 }
 
@@ -517,10 +537,18 @@ pub fn pcap(data: &[u8]) {
     let errors = read.err().into_iter().collect();
     let (summary, err) = analyzer.finish(errors);
     assert!(err.is_none(), "a null output failed: {err:?}");
-    let written = counts.lock().map(|c| c.connections).unwrap_or(0);
+    let (written, retries) = counts
+        .lock()
+        .map(|c| (c.connections, c.retries))
+        .unwrap_or_default();
     assert_eq!(
         written, summary.flow.connections,
         "every connection is written once"
+    );
+    assert_eq!(
+        retries,
+        summary.retries.failed() - summary.retries.untracked,
+        "every failed request's fate is written once"
     );
 }
 
