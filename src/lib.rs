@@ -29,3 +29,4 @@ pub mod session;
 pub mod summary;
 pub mod synth;
 pub mod time;
+pub mod timeline;

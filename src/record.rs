@@ -243,6 +243,7 @@ pub const FIELDS: &[&str] = &[
     "target",
     "tcp",
     "ts",
+    "timeline",
     "timeouts",
     "total_ms",
     "ttfb_ms",

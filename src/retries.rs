@@ -560,27 +560,37 @@ impl Retries {
         }
         let n = |f: Fate| self.fates.get(&f).copied().unwrap_or(0);
         let were = |k: u64| if k == 1 { "was" } else { "were" };
+        let their = |k: u64| {
+            if k == 1 {
+                "its client"
+            } else {
+                "their clients"
+            }
+        };
         let answered = self.answered();
         let mut parts = Vec::new();
         if answered > 0 {
             parts.push(format!(
-                "{answered} {} sent again by the proxy on another connection and answered ({}): their clients most likely got that answer, not the failure (nginx proxy_next_upstream, HAProxy retry-on, Envoy retry_policy) — the backend failed all the same",
+                "{answered} {} sent again by the proxy on another connection and answered ({}): {} most likely got that answer, not the failure (nginx proxy_next_upstream, HAProxy retry-on, Envoy retry_policy) — the backend failed all the same",
                 were(answered),
-                statuses(&self.answer_statuses())
+                statuses(&self.answer_statuses()),
+                their(answered)
             ));
         }
         let again = n(Fate::FailedAgain);
         if again > 0 {
             parts.push(format!(
-                "{again} {} sent again and failed on every attempt: their clients got the gateway's error",
-                were(again)
+                "{again} {} sent again and failed on every attempt: {} got the gateway's error",
+                were(again),
+                their(again)
             ));
         }
         let not = n(Fate::NotRetried);
         if not > 0 {
             parts.push(format!(
-                "{not} {} not sent again on any connection in the capture: the failure reached their clients (the gateway's 502/504, or the backend's own error status passed on), unless the proxy retried them to a backend outside the capture",
-                were(not)
+                "{not} {} not sent again on any connection in the capture: the failure reached {} (the gateway's 502/504, or the backend's own error status passed on), unless the proxy retried it to a backend outside the capture",
+                were(not),
+                their(not)
             ));
         }
         let unknown = n(Fate::Unknown);

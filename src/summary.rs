@@ -7,6 +7,7 @@ use crate::flow::FlowStats;
 use crate::record::{ConnId, Outcome, Record, Side};
 use crate::retries::{self, Request, Retries};
 use crate::time::Ts;
+use crate::timeline::{Series, Timeline};
 use indexmap::IndexMap;
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
@@ -546,6 +547,8 @@ pub struct Summary {
     pub time_backwards: u64,
     /// Failed requests and whether the proxy sent them again (see [`crate::retries`]).
     pub retries: Retries,
+    /// Errors, warnings and exchanges over time (see [`crate::timeline`]).
+    pub timeline: Timeline,
     /// Problems with the input (unreadable file, truncated record...), one line each.
     pub input_errors: Vec<String>,
     /// Lines worth a user's attention about the run itself (drops, limits).
@@ -619,6 +622,11 @@ impl Summary {
                     Severity::Warning => b.warnings += 1,
                     Severity::Info => {}
                 }
+                match severity {
+                    Severity::Error => self.timeline.add(Series::Errors, ts),
+                    Severity::Warning => self.timeline.add(Series::Warnings, ts),
+                    Severity::Info => {}
+                }
             }
             Observed::Exchange {
                 server,
@@ -631,6 +639,9 @@ impl Summary {
                 if let Some(r) = request {
                     self.retries
                         .exchange(r, server, request_start, outcome, status);
+                }
+                if let Some(t) = request_start {
+                    self.timeline.add(Series::Exchanges, t);
                 }
                 self.exchanges += 1;
                 let b = self.backend(server);
@@ -893,6 +904,7 @@ impl Summary {
             },
             "backends": backends,
             "retries": self.retries.to_json(),
+            "timeline": self.timeline.to_json(),
             "input_errors": self.input_errors,
             "notes": self.completeness_notes(),
         })

@@ -137,7 +137,7 @@ fn a_race_the_proxy_sent_again_and_got_answered_is_answered() {
     let message = r["message"].as_str().unwrap_or("");
     assert!(
         message.starts_with("1 failed request(s) that a proxy can retry")
-            && message.contains("1 was sent again by the proxy on another connection and answered (200): their clients most likely got that answer"),
+            && message.contains("1 was sent again by the proxy on another connection and answered (200): its client most likely got that answer"),
         "{message}"
     );
     assert!(

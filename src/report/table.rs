@@ -262,6 +262,7 @@ impl<W: Write + Send> Output for TableReport<W> {
                 );
             });
             writeln!(w, "\n{wrapped}")?;
+            write_timeline(w, &s.timeline)?;
         } else {
             writeln!(w, "\nno findings")?;
         }
@@ -338,6 +339,45 @@ impl<W: Write + Send> Output for TableReport<W> {
         }
         w.flush()
     }
+}
+
+/// The incident's shape: errors and warnings per time bucket beside the exchanges, one
+/// column per bucket — when there are findings over more than one bucket.
+fn write_timeline<W: Write>(w: &mut W, t: &crate::timeline::Timeline) -> io::Result<()> {
+    use crate::timeline::{sparkline, Series};
+    let Some((start, all)) = t.series(Series::Exchanges) else {
+        return Ok(());
+    };
+    if all.len() < 2 || !(t.has(Series::Errors) || t.has(Series::Warnings)) {
+        return Ok(());
+    }
+    let width = t.width_s();
+    let end = crate::time::Ts(start.0 + all.len() as i64 * width * 1_000_000);
+    let unit = [(604_800, "week"), (86_400, "d"), (3_600, "h"), (60, "min")]
+        .into_iter()
+        .find(|(u, _)| width % u == 0)
+        .map_or(format!("{width} s"), |(u, name)| {
+            format!("{} {name}", width / u)
+        });
+    writeln!(
+        w,
+        "\ntimeline ({unit} per column, {} → {}):",
+        clock(start),
+        clock(end)
+    )?;
+    for series in Series::ALL {
+        let Some((_, counts)) = t.series(series).filter(|_| t.has(series)) else {
+            continue;
+        };
+        let max = counts.iter().copied().max().unwrap_or(0);
+        writeln!(
+            w,
+            "  {:<9} │{}│ max {max} per column",
+            series.name(),
+            sparkline(&counts)
+        )?;
+    }
+    Ok(())
 }
 
 /// A paragraph wrapped to 96 columns, its first line indented two spaces, the rest four.
