@@ -299,8 +299,9 @@ impl Retries {
             }
             self.order.pop_front();
             if live {
-                let over = opened.0.saturating_add(KEEP) > now.0;
-                self.close(id, None, over);
+                // Not past its time: given up on for room.
+                let evicted = opened.0.saturating_add(KEEP) > now.0;
+                self.close(id, None, evicted);
             }
         }
     }
