@@ -647,3 +647,107 @@ impl Retries {
         })
     }
 }
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    const T: i64 = 1_700_000_000_000_000;
+    const PROXY: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+
+    fn server() -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 2], 8080))
+    }
+
+    fn req(conn: ConnId, key: u64) -> Request {
+        Request {
+            conn,
+            index: 1,
+            proxy: PROXY,
+            key,
+        }
+    }
+
+    /// A flood of failures keeps at most MAX_OPEN waiting; the oldest beyond are counted,
+    /// not followed.
+    #[test]
+    fn failures_beyond_the_bound_are_counted_as_untracked() {
+        let mut r = Retries::default();
+        let n = MAX_OPEN as u64 + 10;
+        for i in 0..n {
+            r.failure(Kind::ResetBeforeResponse, req(i, i), server(), Ts(T));
+        }
+        let untracked_while_running = r.untracked;
+        r.finish();
+        assert_eq!(
+            (
+                untracked_while_running,
+                r.failed(),
+                r.open.len(),
+                r.listed.len()
+            ),
+            (10, n, 0, MAX_LISTED)
+        );
+    }
+
+    /// A failure no retry followed is settled once KEEP of packet time has passed: its
+    /// record comes then, not only at the end of a long live capture.
+    #[test]
+    fn a_failure_is_settled_once_its_time_has_passed() {
+        let mut r = Retries::default();
+        r.failure(Kind::KeepaliveRace, req(1, 7), server(), Ts(T));
+        r.exchange(
+            req(2, 8),
+            server(),
+            Some(Ts(T + KEEP + 1)),
+            Outcome::Complete,
+            Some(200),
+        );
+        let closed = r.take_closed();
+        assert_eq!(
+            closed.iter().map(|c| (c.conn, c.fate)).collect::<Vec<_>>(),
+            [(1, Fate::NotRetried)]
+        );
+    }
+
+    /// A retry that failed too is followed whether its finding or its exchange record comes
+    /// first: A fails, B (its retry) fails, C answers 200 — one chain, answered.
+    #[test]
+    fn a_chain_is_the_same_whichever_record_of_a_failed_retry_comes_first() {
+        let run = |finding_first: bool| {
+            let mut r = Retries::default();
+            r.failure(Kind::ResetBeforeResponse, req(1, 9), server(), Ts(T));
+            let b = req(2, 9);
+            let b_finding =
+                |r: &mut Retries| r.failure(Kind::ResetBeforeResponse, b, server(), Ts(T + 2_000));
+            if finding_first {
+                b_finding(&mut r);
+            }
+            r.exchange(b, server(), Some(Ts(T + 1_000)), Outcome::NoResponse, None);
+            if !finding_first {
+                b_finding(&mut r);
+            }
+            r.exchange(
+                req(3, 9),
+                server(),
+                Some(Ts(T + 3_000)),
+                Outcome::Complete,
+                Some(200),
+            );
+            r.finish();
+            let c = r.listed.first().cloned();
+            (
+                r.failed(),
+                c.map(|c| {
+                    (
+                        c.conn,
+                        c.fate,
+                        c.attempts.iter().map(|a| a.conn).collect::<Vec<_>>(),
+                    )
+                }),
+            )
+        };
+        let want = (1, Some((1, Fate::Answered(Some(200)), vec![2, 3])));
+        assert_eq!((run(true), run(false)), (want.clone(), want));
+    }
+}
