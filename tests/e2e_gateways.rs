@@ -141,6 +141,13 @@ const CASES: &[Case] = &[
         "/fault/fin-before-response",
         &["closed_before_response"],
     ),
+    // Routed to a retrying upstream (see RETRY_ONCE_TARGET): the gateway sends it again and
+    // the backend answers the second time.
+    get(
+        "fin-before-response, retried by the gateway",
+        RETRY_ONCE_TARGET,
+        &["closed_before_response"],
+    ),
     get("fin-mid-head", "/fault/fin-mid-head", &["truncated_head"]),
     get("fin-mid-body", "/fault/fin-mid-body", &["truncated_body"]),
     get(
@@ -281,6 +288,11 @@ const RACE_TARGET: &str = "/ok/after-keepalive-race";
 /// (`proxy_next_upstream error timeout`, its default): the reset request is sent again on a
 /// new connection and answered, and gatescope's retries must say so (see [`check_retries`]).
 const RETRY_RACE_TARGET: &str = "/ok/after-keepalive-race-retried";
+/// A backend that closes before answering, once: both gateways route this path to an
+/// upstream that retries (nginx `proxy_next_upstream error timeout` over two entries of the
+/// backend, HAProxy `retries 1` with `retry-on empty-response`), so the client gets the
+/// second attempt's 200 and gatescope's retries must say `answered` 200.
+const RETRY_ONCE_TARGET: &str = "/fault/fin-before-response-once";
 
 /// The gateways' timeouts, as rendered into their configs.
 const GATEWAY_READ_TIMEOUT: &str = "2s";
@@ -793,29 +805,44 @@ fn check_timeouts(run: &mut Run, records: &[Value]) {
 /// gateway's error; the GET race on the retrying location must be `answered` 200 by a
 /// later attempt, the client must have got that 200, and nginx must have logged two
 /// attempts. A race that did not happen (the gateway saw the close in time) is a note.
+/// Behind both gateways, the backend that fails once ([`RETRY_ONCE_TARGET`]) must be
+/// `answered` 200 too.
 fn check_retries(run: &mut Run, findings: &Findings, records: &[Value]) {
     let chains = records
         .iter()
         .find(|r| r["type"] == "summary")
         .and_then(|s| s["retries"]["chains"].as_array().cloned())
         .unwrap_or_default();
-    for (target, want_fate) in [
-        (RACE_TARGET, "not_retried"),
-        (RETRY_RACE_TARGET, "answered"),
+    // (target, the failure's kind, the fate it must have, whether the failure must be
+    // on the wire — a race depends on the gateway's timing, the backend's fault does not)
+    for (target, kind, want_fate, sure) in [
+        (RACE_TARGET, "keepalive_race", "not_retried", false),
+        (RETRY_RACE_TARGET, "keepalive_race", "answered", false),
+        (
+            RETRY_ONCE_TARGET,
+            "closed_before_response",
+            "answered",
+            true,
+        ),
     ] {
         let Some(obs) = run.observed.iter().find(|o| o.target == target) else {
             continue;
         };
-        let race = records.iter().find(|r| {
-            r["type"] == "finding" && r["kind"] == "keepalive_race" && r["target"] == target
-        });
+        let race = records
+            .iter()
+            .find(|r| r["type"] == "finding" && r["kind"] == kind && r["target"] == target);
         let Some(race) = race else {
-            run.notes.push(format!(
-                "{target}: no keep-alive race on the wire this run (client got {}, gateway log {}; {} exchange(s))",
+            let what = format!(
+                "{target}: no {kind} on the wire this run (client got {}, gateway log {}; {} exchange(s))",
                 obs.got.describe(),
                 obs.gw_status,
                 findings.exchanges_for(target)
-            ));
+            );
+            if sure {
+                run.failures.push(what);
+            } else {
+                run.notes.push(what);
+            }
             continue;
         };
         let chain = chains
@@ -843,7 +870,8 @@ fn check_retries(run: &mut Run, findings: &Findings, records: &[Value]) {
                     && *status == 200
                     && attempts.as_array().is_some_and(|a| a.len() == 1)
                     && matches!(obs.got, Got::Complete { status: 200, .. })
-                    && obs.gw_status.contains(", ")
+                    // nginx logs one upstream status per attempt; HAProxy its final one.
+                    && (run.gateway == Gateway::Haproxy || obs.gw_status.contains(", "))
             }
             _ => false,
         };
@@ -1476,6 +1504,8 @@ http {{
     upstream refused {{ server 127.0.0.1:{refused}; }}
     upstream unanswered {{ server 127.0.0.1:{unanswered}; }}
     upstream slowaccept {{ server 127.0.0.1:{slow}; }}
+    # The same backend twice: nginx retries on the next entry.
+    upstream retrying {{ server 127.0.0.1:{backend}; server 127.0.0.1:{backend}; }}
 
     server {{
         # deferred: the request is read in the accept pass (the keep-alive race case).
@@ -1489,6 +1519,7 @@ http {{
         location / {{ proxy_pass http://backend; }}
         # nginx's defaults: a request that fails on a kept-alive connection goes out again.
         location = {RETRY_RACE_TARGET} {{ proxy_pass http://backend; proxy_next_upstream error timeout; }}
+        location = {RETRY_ONCE_TARGET} {{ proxy_pass http://retrying; proxy_next_upstream error timeout; }}
         location /refused/ {{ proxy_pass http://refused; }}
         location /unanswered/ {{ proxy_pass http://unanswered; }}
         location /slowaccept/ {{ proxy_pass http://slowaccept; }}
@@ -1529,6 +1560,7 @@ frontend fe
     use_backend refused if {{ path_beg /refused/ }}
     use_backend unanswered if {{ path_beg /unanswered/ }}
     use_backend slowaccept if {{ path_beg /slowaccept/ }}
+    use_backend retrying if {{ path {RETRY_ONCE_TARGET} }}
     default_backend be
 
 backend be
@@ -1542,6 +1574,11 @@ backend unanswered
 
 backend slowaccept
     server s1 127.0.0.1:{slow}
+
+backend retrying
+    retries 1
+    retry-on empty-response
+    server s1 127.0.0.1:{backend}
 "#
     )
 }
@@ -2279,7 +2316,7 @@ fn markdown<'a>(runs: &'a [Run], tool: CaptureTool) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "<!-- generated by tests/e2e_gateways.rs (capture: {tool:?}); nginx proxy_read_timeout {GATEWAY_READ_TIMEOUT}, proxy_next_upstream off (error timeout for {RETRY_RACE_TARGET}), keepalive 8; HAProxy timeout server {GATEWAY_READ_TIMEOUT}, retries 0, http-reuse always -->\n"
+        "<!-- generated by tests/e2e_gateways.rs (capture: {tool:?}); nginx proxy_read_timeout {GATEWAY_READ_TIMEOUT}, proxy_next_upstream off (error timeout for {RETRY_RACE_TARGET} and {RETRY_ONCE_TARGET}), keepalive 8; HAProxy timeout server {GATEWAY_READ_TIMEOUT}, retries 0 (1, retry-on empty-response, for {RETRY_ONCE_TARGET}), http-reuse always -->\n"
     );
     md.push_str("| fault | nginx: status · error log | HAProxy: status · termination state | gatescope finding(s) |\n");
     md.push_str("|---|---|---|---|\n");

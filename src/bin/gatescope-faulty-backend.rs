@@ -139,7 +139,16 @@ const FAULTS: &[(&str, &str)] = &[
         "keepalive-race",
         "?ms=N (default 200): a normal 200, then close the connection after N ms idle",
     ),
+    (
+        "fin-before-response-once",
+        "the first request for this exact target: close (FIN) without a response byte; later ones: 200 (a backend that fails once, for a proxy's retry)",
+    ),
 ];
+
+/// Targets `fin-before-response-once` has failed, so that it answers the next request for
+/// them (bounded: the oldest are forgotten).
+static FAILED_ONCE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+const FAILED_ONCE_KEPT: usize = 1024;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -652,6 +661,25 @@ impl Conn<'_> {
         let next = match name {
             "rst-before-response" => Next::Rst,
             "fin-before-response" => Next::Fin,
+            "fin-before-response-once" => {
+                let mut seen = FAILED_ONCE.lock().unwrap_or_else(|e| e.into_inner());
+                if seen.contains(&req.target) {
+                    drop(seen);
+                    self.send(&response(
+                        "200 OK",
+                        &[("Content-Type", "text/plain")],
+                        b"ok after a failure\n",
+                        req.is_head(),
+                    ))?;
+                    Next::KeepAlive
+                } else {
+                    if seen.len() >= FAILED_ONCE_KEPT {
+                        seen.remove(0);
+                    }
+                    seen.push(req.target.clone());
+                    Next::Fin
+                }
+            }
             "rst-mid-head" | "fin-mid-head" => {
                 self.send(PARTIAL_HEAD)?;
                 thread::sleep(CUT_PAUSE);
