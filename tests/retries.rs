@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use gatescope::synth::{Conversation, TcpFlags};
+use gatescope::synth::Conversation;
 use serde_json::Value;
 
 const T0: i64 = 1_700_000_000_000_000;
@@ -29,15 +29,17 @@ fn race(port: u16, start: i64) -> Conversation {
         .advance(2_000)
         .server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         .advance(5 * SEC);
-    let fin_at = c.sent(false);
-    c.fin(false, false).advance(300);
-    let req = b"GET /b HTTP/1.1\r\nHost: app\r\n\r\n";
-    let at = c.sent(true);
-    c.raw_segment(true, at, req, TcpFlags::ACK | TcpFlags::PSH)
-        .skip(true, req.len() as u64)
-        .advance(150);
-    c.raw_segment(false, fin_at, &[], TcpFlags::RST);
+    race_on(&mut c, b"GET /b HTTP/1.1\r\nHost: app\r\n\r\n");
     c
+}
+
+/// [`race`], and the proxy's retry of `GET /b` on a new connection to another backend
+/// 0.2 ms after the reset, answered 200.
+fn race_then_retry() -> Vec<Conversation> {
+    let a = race(45_000, T0);
+    let retry_at = a.now() + 200;
+    let b = attempt("10.0.0.1:45001", "10.0.0.3:3000", retry_at, "/b", Some(200));
+    vec![a, b]
 }
 
 /// A new connection from `client` to `server` at `start` with one request for `target`,
@@ -68,15 +70,20 @@ fn attempt(
     c
 }
 
+/// The conversations, interleaved by time, as one pcap.
+fn capture(convs: Vec<Conversation>) -> (tempfile::TempDir, std::path::PathBuf) {
+    write_packets(convs.into_iter().flat_map(|c| c.into_packets()).collect())
+}
+
 /// The JSON records for the conversations.
 fn records(convs: Vec<Conversation>) -> Vec<Value> {
-    let (_d, p) = write_packets(convs.into_iter().flat_map(|c| c.into_packets()).collect());
+    let (_d, p) = capture(convs);
     analyze_json(&[&p], &[]).1
 }
 
 /// The summary's `retries` for the conversations, and the table report.
 fn retries(convs: Vec<Conversation>) -> (Value, String) {
-    let (_d, p) = write_packets(convs.into_iter().flat_map(|c| c.into_packets()).collect());
+    let (_d, p) = capture(convs);
     let (_, recs, _) = analyze_json(&[&p], &[]);
     let table = run(&["analyze", &p.display().to_string()]);
     (
@@ -121,10 +128,7 @@ fn s(v: &str) -> String {
 /// error on the wire; the client most likely got the 200.
 #[test]
 fn a_race_the_proxy_sent_again_and_got_answered_is_answered() {
-    let a = race(45_000, T0);
-    let retry_at = a.now() + 200;
-    let b = attempt("10.0.0.1:45001", "10.0.0.3:3000", retry_at, "/b", Some(200));
-    let (r, table) = retries(vec![a, b]);
+    let (r, table) = retries(race_then_retry());
     assert_eq!(
         chains(&r),
         [(
@@ -150,10 +154,7 @@ fn a_race_the_proxy_sent_again_and_got_answered_is_answered() {
 /// the record that settled it — here the exchange of the attempt that was answered.
 #[test]
 fn the_fate_is_a_retry_record_right_after_the_answering_exchange() {
-    let a = race(45_000, T0);
-    let retry_at = a.now() + 200;
-    let b = attempt("10.0.0.1:45001", "10.0.0.3:3000", retry_at, "/b", Some(200));
-    let recs = records(vec![a, b]);
+    let recs = records(race_then_retry());
     let at = recs.iter().position(|r| r["type"] == "retry");
     let before = at.and_then(|i| recs.get(i.checked_sub(1)?));
     assert_eq!(

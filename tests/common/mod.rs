@@ -176,6 +176,20 @@ pub fn write_packets(mut packets: Vec<(i64, Vec<u8>)>) -> (tempfile::TempDir, Pa
     (dir, path)
 }
 
+/// The keep-alive race on `c`: the backend closes the idle connection (FIN), and 300 µs
+/// later — its FIN still in flight — the proxy reuses the connection for `req`, which the
+/// backend answers with a reset (at the sequence the proxy acknowledged, as Linux does).
+pub fn race_on(c: &mut gatescope::synth::Conversation, req: &[u8]) {
+    use gatescope::synth::TcpFlags;
+    let fin_at = c.sent(false);
+    c.fin(false, false).advance(300);
+    let at = c.sent(true);
+    c.raw_segment(true, at, req, TcpFlags::ACK | TcpFlags::PSH)
+        .skip(true, req.len() as u64)
+        .advance(150);
+    c.raw_segment(false, fin_at, &[], TcpFlags::RST);
+}
+
 /// The first finding of `kind`, or `Null`.
 pub fn first_finding(records: &[Value], kind: &str) -> Value {
     of_type(records, "finding")
