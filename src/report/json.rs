@@ -43,6 +43,20 @@ impl<W: Write + Send> JsonLines<W> {
         self.maybe_flush(urgent)
     }
 
+    /// One record's line: serialised straight into the line buffer (its fields in their
+    /// declared order), or through a `Value` when `--tag` fields are to be added.
+    fn write<T: serde::Serialize + ?Sized>(&mut self, r: &T, urgent: bool) -> io::Result<()> {
+        if self.extra.is_empty() {
+            self.line_buf.clear();
+            serde_json::to_writer(&mut self.line_buf, r)?;
+            self.line_buf.push(b'\n');
+            self.w.write_all(&self.line_buf)?;
+            return self.maybe_flush(urgent);
+        }
+        let v = serde_json::to_value(r).map_err(io::Error::other)?;
+        self.line(v, urgent)
+    }
+
     fn maybe_flush(&mut self, urgent: bool) -> io::Result<()> {
         if self.flush_each
             && (urgent || self.last_flush.elapsed() >= std::time::Duration::from_millis(100))
@@ -82,16 +96,7 @@ fn render(r: &Record, extra: &serde_json::Map<String, serde_json::Value>, out: &
 
 impl<W: Write + Send> Output for JsonLines<W> {
     fn record(&mut self, r: &Record) -> io::Result<()> {
-        let urgent = matches!(r, Record::Finding(_));
-        if self.extra.is_empty() {
-            self.line_buf.clear();
-            serde_json::to_writer(&mut self.line_buf, r)?;
-            self.line_buf.push(b'\n');
-            self.w.write_all(&self.line_buf)?;
-            return self.maybe_flush(urgent);
-        }
-        let v = serde_json::to_value(r).map_err(io::Error::other)?;
-        self.line(v, urgent)
+        self.write(r, matches!(r, Record::Finding(_)))
     }
 
     /// Lines are rendered by the worker threads when there are several (serialising was a
@@ -109,15 +114,7 @@ impl<W: Write + Send> Output for JsonLines<W> {
     }
 
     fn retry(&mut self, c: &crate::retries::Chain) -> io::Result<()> {
-        if self.extra.is_empty() {
-            self.line_buf.clear();
-            serde_json::to_writer(&mut self.line_buf, &c.record())?;
-            self.line_buf.push(b'\n');
-            self.w.write_all(&self.line_buf)?;
-            return self.maybe_flush(true);
-        }
-        let v = serde_json::to_value(c.record()).map_err(io::Error::other)?;
-        self.line(v, true)
+        self.write(&c.record(), true)
     }
 
     fn summary(&mut self, s: &Summary) -> io::Result<()> {
