@@ -224,7 +224,7 @@ impl Analyzer {
     pub fn output_failed(&self) -> bool {
         match self {
             Analyzer::Single(s) => s.collector.error.is_some(),
-            Analyzer::Sharded(s) => s.merger.collector.error.is_some(),
+            Analyzer::Sharded(s) => lock(&s.merger).collector.error.is_some(),
         }
     }
 
@@ -585,7 +585,7 @@ enum Work {
     },
     /// Walk the whole of a mapped file (every worker does), analysing this worker's
     /// connections.
-    Scan(Arc<mapped::Job>),
+    Scan(Arc<mapped::Job>, Arc<Mutex<Merger>>),
     /// End of input, at this packet time and frame.
     End {
         last_ts: Ts,
@@ -789,7 +789,9 @@ pub struct Sharded {
     /// Frames from [`Analyzer::packet`] not yet handed over.
     filling: Option<Shared>,
     indexer: Indexer,
-    merger: Merger,
+    /// Shared with the workers while they read a mapped file: they merge and write their
+    /// own reports (no wake-up of this thread per report).
+    merger: Arc<Mutex<Merger>>,
     /// A buffer for [`Analyzer::chunk_buffer`].
     spare: Vec<Chunk>,
 }
@@ -820,7 +822,7 @@ impl Sharded {
             pool: Arc::new(Pool::new(n * CHUNKS_PER_WORKER + 1, n)),
             filling: None,
             indexer: Indexer::default(),
-            merger: Merger::new(n, collector),
+            merger: Arc::new(Mutex::new(Merger::new(n, collector))),
             spare: Vec::new(),
         }
     }
@@ -833,15 +835,15 @@ impl Sharded {
                 adv,
                 records,
                 upto,
-            } => self.merger.records(worker, adv, records, upto),
+            } => lock(&self.merger).records(worker, adv, records, upto),
             Report::Done {
                 worker,
                 records,
                 flow,
             } => {
-                self.merger.flow.merge(&flow);
-                self.merger
-                    .records(worker, 0, records, (u64::MAX, u32::MAX));
+                let mut m = lock(&self.merger);
+                m.flow.merge(&flow);
+                m.records(worker, 0, records, (u64::MAX, u32::MAX));
             }
             // Only [`Sharded::read_mapped`] waits for these.
             Report::Scanned { .. } => {}
@@ -853,7 +855,7 @@ impl Sharded {
         while let Ok(r) = self.reports.try_recv() {
             self.handle(r);
         }
-        self.merger.release();
+        lock(&self.merger).release();
     }
 
     fn send(&mut self, s: Shared) {
@@ -881,7 +883,7 @@ impl Sharded {
             {
                 Ok(r) => {
                     self.handle(r);
-                    self.merger.release();
+                    lock(&self.merger).release();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 // No worker left to give chunks back or report: cannot happen while this
@@ -971,7 +973,7 @@ impl Sharded {
         let job = Arc::new(mapped::Job::new(map, self.indexer.clone(), n));
         let mut sent = 0;
         for w in &self.workers {
-            if w.send(Work::Scan(job.clone())).is_ok() {
+            if w.send(Work::Scan(job.clone(), self.merger.clone())).is_ok() {
                 sent += 1;
             }
         }
@@ -1013,9 +1015,12 @@ impl Sharded {
             while let Ok(r) = self.reports.try_recv() {
                 done += take(self, r);
             }
-            self.merger.mark(&marks);
-            self.merger.release();
-            if self.merger.collector.error.is_some() {
+            let mut m = lock(&self.merger);
+            m.mark(&marks);
+            m.release();
+            let failed = m.collector.error.is_some();
+            drop(m);
+            if failed {
                 // Nobody reads the output any more: stop reading.
                 job.stop();
             }
@@ -1045,16 +1050,28 @@ impl Sharded {
         while let Ok(r) = self.reports.recv() {
             self.handle(r);
         }
-        self.merger.release();
+        lock(&self.merger).release();
         let mut failed = false;
         for h in self.handles.drain(..) {
             failed |= h.join().is_err();
         }
+        // Every worker is gone, and with it every other handle on the merger.
+        let merger = match Arc::try_unwrap(self.merger) {
+            Ok(m) => m.into_inner().unwrap_or_else(|e| e.into_inner()),
+            Err(_) => {
+                return (
+                    Summary::default(),
+                    Some(io::Error::other(
+                        "internal error: the merger is still shared",
+                    )),
+                )
+            }
+        };
         let Merger {
             mut collector,
             flow,
             ..
-        } = self.merger;
+        } = merger;
         if failed {
             return (
                 collector.summary,
@@ -1201,16 +1218,26 @@ fn worker(
                     return;
                 }
             }
-            Work::Scan(job) => {
+            Work::Scan(job, merger) => {
                 if unreported > 0 {
                     unreported = 0;
                     if !report(&mut out, 0, upto) {
                         return;
                     }
                 }
+                // Reports are merged and written here, under the merger's lock: the
+                // workers' marks are read after this worker's records are in, so whatever
+                // a worker reported before publishing its mark is in hand.
                 let end = mapped::run(id, &job, &mut flow, &mut out, &tx, |out, at| {
-                    report(out, 0, at)
+                    let records = render(out, &renderer);
+                    let mut m = lock(&merger);
+                    m.records(id, 0, records, at);
+                    let marks: Vec<u64> = job.marks.iter().map(|x| x.load(Acquire)).collect();
+                    m.mark(&marks);
+                    m.release();
+                    m.collector.error.is_none()
                 });
+                drop(merger);
                 drop(job);
                 upto = (end.0.frame, 0);
                 prompt = false;
