@@ -14,7 +14,8 @@
 //!                                                     │   its own segments, render (JSON)
 //!  live, pipe, libpcap: calling thread indexes chunks ┘            │
 //!                                                                   ▼
-//!                              calling thread: merge by OrderKey below every worker's mark, write
+//!        merge by OrderKey below every worker's mark, write (mapped file: each worker, under
+//!        the merger's lock, as it reports; other sources: the calling thread)
 //! ```
 //!
 //! * Mapped files (`mapped`): windows are indexed in parallel from guessed record starts,
@@ -24,7 +25,8 @@
 //!   come from a fixed pool, so reading waits for the workers instead of memory growing.
 //! * Output: every record carries an [`OrderKey`] (frame, connection, sequence); workers
 //!   render their records and hand over the bytes with what the summary counts of them; the
-//!   calling thread writes, in key order, the records below every worker's watermark. Every
+//!   merger writes, in key order, the records below every worker's watermark (reading a
+//!   mapped file, each worker runs it for its own reports; otherwise the calling thread). Every
 //!   worker counts every frame, so ticks fall on the same frames for all, and live advances
 //!   are ordered as positions of their own: the output is byte-identical to a single
 //!   thread's whatever the thread count (unless `--max-connections` is reached: each worker
@@ -965,8 +967,8 @@ impl Sharded {
     }
 
     /// Reads a mapped classic pcap file: every worker walks all of it (see the module
-    /// doc), this thread merges their records. Returns the records read and the problem
-    /// that stopped the reading, if any.
+    /// doc) and merges its own reports; this thread takes their last reports and ends.
+    /// Returns the records read and the problem that stopped the reading, if any.
     fn read_mapped(&mut self, map: Mapped) -> (u64, Option<String>) {
         self.flush_filling();
         let n = self.workers.len();
