@@ -23,14 +23,7 @@ fn conv(client: &str, server: &str, start: i64) -> Conversation {
 /// backend's close crosses the proxy's `GET /b` and answers it with a reset (the race
 /// nginx retries once on a cached connection). Returns the conversation, ended at the reset.
 fn race(port: u16, start: i64) -> Conversation {
-    let mut c = conv(&format!("10.0.0.1:{port}"), BACKEND, start);
-    c.handshake()
-        .client_send(b"GET /a HTTP/1.1\r\nHost: app\r\n\r\n")
-        .advance(2_000)
-        .server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        .advance(5 * SEC);
-    race_on(&mut c, b"GET /b HTTP/1.1\r\nHost: app\r\n\r\n");
-    c
+    keepalive_race(&format!("10.0.0.1:{port}"), BACKEND, start)
 }
 
 /// [`race`], and the proxy's retry of `GET /b` on a new connection to another backend

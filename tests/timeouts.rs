@@ -113,18 +113,11 @@ fn proxy_closes_60_s_into_each_wait_are_named_as_its_read_timeout() {
 fn keepalive_races_at_5_s_of_idle_are_named_as_the_backends_keepalive_timeout() {
     let convs = (0..3u16)
         .map(|i| {
-            let mut c = Conversation::new(
-                format!("10.0.0.1:{}", 45_000 + i).parse().expect("addr"),
-                "10.0.0.2:3000".parse().expect("addr"),
+            keepalive_race(
+                &format!("10.0.0.1:{}", 45_000 + i),
+                "10.0.0.2:3000",
                 T0 + i64::from(i) * 11 * SEC,
-            );
-            c.handshake()
-                .client_send(b"GET /a HTTP/1.1\r\nHost: app\r\n\r\n")
-                .advance(2_000)
-                .server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                .advance(5 * SEC);
-            race_on(&mut c, b"GET /b HTTP/1.1\r\nHost: app\r\n\r\n");
-            c
+            )
         })
         .collect();
     names_one_timer(convs, "3 of 3 backend closes of idle keep-alive connections (connections' idle_close, keepalive_race, at 10.0.0.2:3000) came 5.0 s after the connection's last exchange", "Node.js's keepAliveTimeout");

@@ -176,11 +176,24 @@ pub fn write_packets(mut packets: Vec<(i64, Vec<u8>)>) -> (tempfile::TempDir, Pa
     (dir, path)
 }
 
-/// The keep-alive race on `c`: the backend closes the idle connection (FIN), and 300 µs
-/// later — its FIN still in flight — the proxy reuses the connection for `req`, which the
-/// backend answers with a reset (at the sequence the proxy acknowledged, as Linux does).
-pub fn race_on(c: &mut gatescope::synth::Conversation, req: &[u8]) {
-    use gatescope::synth::TcpFlags;
+/// A keep-alive race from `client` to `server` starting at `start` (µs): one exchange
+/// (`GET /a`, 200), 5 s idle, then the backend closes the connection (FIN) and 300 µs
+/// later — its FIN still in flight — the proxy reuses it for `GET /b`, which the backend
+/// answers with a reset (at the sequence the proxy acknowledged, as Linux does). The
+/// conversation ends at the reset.
+pub fn keepalive_race(client: &str, server: &str, start: i64) -> gatescope::synth::Conversation {
+    use gatescope::synth::{Conversation, TcpFlags};
+    let mut c = Conversation::new(
+        client.parse().expect("addr"),
+        server.parse().expect("addr"),
+        start,
+    );
+    c.handshake()
+        .client_send(b"GET /a HTTP/1.1\r\nHost: app\r\n\r\n")
+        .advance(2_000)
+        .server_send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        .advance(5_000_000);
+    let req = b"GET /b HTTP/1.1\r\nHost: app\r\n\r\n";
     let fin_at = c.sent(false);
     c.fin(false, false).advance(300);
     let at = c.sent(true);
@@ -188,6 +201,7 @@ pub fn race_on(c: &mut gatescope::synth::Conversation, req: &[u8]) {
         .skip(true, req.len() as u64)
         .advance(150);
     c.raw_segment(false, fin_at, &[], TcpFlags::RST);
+    c
 }
 
 /// The first finding of `kind`, or `Null`.
