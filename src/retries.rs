@@ -39,6 +39,39 @@ pub const MAX_LISTED: usize = 1000;
 /// past this, attempts are counted, not listed).
 const MAX_ATTEMPTS_LISTED: usize = 8;
 
+/// Bytes of a failed request's target kept for its `retry` record and the summary's
+/// chains: up to [`MAX_OPEN`] requests wait at once, so a long target is cut (and marked).
+pub const TARGET_KEPT: usize = 256;
+
+/// Who sent a failed request and what it asked for: so that its `retry` record is a
+/// self-contained event for a log pipeline (no join with the finding record needed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct About {
+    pub client: SocketAddr,
+    pub method: String,
+    /// At most [`TARGET_KEPT`] bytes, then `…`.
+    pub target: String,
+}
+
+impl About {
+    pub fn new(client: SocketAddr, method: &str, target: &str) -> About {
+        let target = if target.len() > TARGET_KEPT {
+            let mut end = TARGET_KEPT;
+            while !target.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}…", target.get(..end).unwrap_or_default())
+        } else {
+            target.to_string()
+        };
+        About {
+            client,
+            method: method.to_string(),
+            target,
+        }
+    }
+}
+
 /// Identifies a request the proxy may send again: its method and target, hashed.
 pub fn request_key(method: &str, target: &str) -> u64 {
     let mut h = FxHasher::default();
@@ -127,6 +160,8 @@ pub struct Chain {
     pub conn: ConnId,
     pub index: u32,
     pub kind: Kind,
+    /// The failed request (`None` only where a caller had none to give: tests).
+    pub about: Option<About>,
     /// The backend of the first failure.
     pub server: SocketAddr,
     pub at: Ts,
@@ -150,7 +185,10 @@ impl Chain {
             exchange: self.index,
             kind: self.kind.name(),
             ts: self.at.to_string(),
+            client: self.about.as_ref().map(|a| a.client.to_string()),
             server: self.server.to_string(),
+            method: self.about.as_ref().map(|a| a.method.as_str()),
+            target: self.about.as_ref().map(|a| a.target.as_str()),
             fate: self.fate.name(),
             status: match self.fate {
                 Fate::Answered(s) => s,
@@ -227,7 +265,10 @@ struct ChainJson<'a> {
     exchange: u32,
     kind: &'a str,
     ts: String,
+    client: Option<String>,
     server: String,
+    method: Option<&'a str>,
+    target: Option<&'a str>,
     fate: &'static str,
     status: Option<u16>,
     attempts: Vec<AttemptJson>,
@@ -307,7 +348,14 @@ impl Retries {
     }
 
     /// A finding: if it is a failure a retry can follow, the request waits for its retry.
-    pub fn failure(&mut self, kind: Kind, req: Request, server: SocketAddr, at: Ts) {
+    pub fn failure(
+        &mut self,
+        kind: Kind,
+        req: Request,
+        about: Option<&About>,
+        server: SocketAddr,
+        at: Ts,
+    ) {
         self.advance(at);
         if !retryable(kind) {
             return;
@@ -328,6 +376,7 @@ impl Retries {
             conn: req.conn,
             index: req.index,
             kind,
+            about: about.cloned(),
             server,
             at,
             attempts: Vec::new(),
@@ -668,6 +717,15 @@ mod test {
         }
     }
 
+    /// A failed request's target is kept to TARGET_KEPT bytes (up to MAX_OPEN wait at once),
+    /// cut on a character boundary and marked.
+    #[test]
+    fn a_long_target_is_cut_on_a_character_boundary() {
+        let target = format!("/{}é{}", "a".repeat(TARGET_KEPT - 2), "b".repeat(5000));
+        let a = About::new(SocketAddr::from(([10, 0, 0, 1], 40000)), "GET", &target);
+        assert_eq!(a.target, format!("/{}…", "a".repeat(TARGET_KEPT - 2)));
+    }
+
     /// A flood of failures keeps at most MAX_OPEN waiting; the oldest beyond are counted,
     /// not followed.
     #[test]
@@ -675,7 +733,7 @@ mod test {
         let mut r = Retries::default();
         let n = MAX_OPEN as u64 + 10;
         for i in 0..n {
-            r.failure(Kind::ResetBeforeResponse, req(i, i), server(), Ts(T));
+            r.failure(Kind::ResetBeforeResponse, req(i, i), None, server(), Ts(T));
         }
         let untracked_while_running = r.untracked;
         r.finish();
@@ -695,7 +753,7 @@ mod test {
     #[test]
     fn a_failure_is_settled_once_its_time_has_passed() {
         let mut r = Retries::default();
-        r.failure(Kind::KeepaliveRace, req(1, 7), server(), Ts(T));
+        r.failure(Kind::KeepaliveRace, req(1, 7), None, server(), Ts(T));
         r.exchange(
             req(2, 8),
             server(),
@@ -716,10 +774,11 @@ mod test {
     fn a_chain_is_the_same_whichever_record_of_a_failed_retry_comes_first() {
         let run = |finding_first: bool| {
             let mut r = Retries::default();
-            r.failure(Kind::ResetBeforeResponse, req(1, 9), server(), Ts(T));
+            r.failure(Kind::ResetBeforeResponse, req(1, 9), None, server(), Ts(T));
             let b = req(2, 9);
-            let b_finding =
-                |r: &mut Retries| r.failure(Kind::ResetBeforeResponse, b, server(), Ts(T + 2_000));
+            let b_finding = |r: &mut Retries| {
+                r.failure(Kind::ResetBeforeResponse, b, None, server(), Ts(T + 2_000))
+            };
             if finding_first {
                 b_finding(&mut r);
             }

@@ -5,7 +5,7 @@
 use crate::findings::{Kind, Severity};
 use crate::flow::FlowStats;
 use crate::record::{ConnId, Outcome, Record, Side};
-use crate::retries::{self, Request, Retries};
+use crate::retries::{self, About, Request, Retries};
 use crate::time::Ts;
 use crate::timeline::{Series, Timeline};
 use indexmap::IndexMap;
@@ -423,9 +423,10 @@ fn timer_meaning(t: Timer, ms: f64) -> String {
     format!("{what}{known}; {advice}")
 }
 
-/// What the summary counts of a record: small and without heap data, so that worker
-/// threads can hand it over instead of the record.
-#[derive(Clone, Copy, Debug)]
+/// What the summary counts of a record: small, so that worker threads can hand it over
+/// instead of the record. Heap data only for a finding a retry can follow (rare): the
+/// request it is about, for its `retry` record.
+#[derive(Clone, Debug)]
 pub enum Observed {
     Finding {
         kind: Kind,
@@ -437,6 +438,8 @@ pub enum Observed {
         timer: Option<(Timer, f64)>,
         /// The request it is about, for the retry matching (see [`crate::retries`]).
         request: Option<Request>,
+        /// With `request`: who sent it and what it asked for.
+        about: Option<Box<About>>,
     },
     Exchange {
         server: SocketAddr,
@@ -471,20 +474,40 @@ fn request(
     })
 }
 
+/// Who sent a retryable failed request and what it asked for (rare: out of line).
+#[cold]
+#[inline(never)]
+fn about(
+    client: SocketAddr,
+    method: &Option<String>,
+    target: &Option<String>,
+) -> Option<Box<About>> {
+    Some(Box::new(About::new(
+        client,
+        method.as_deref()?,
+        target.as_deref()?,
+    )))
+}
+
 impl Observed {
     pub fn of(r: &Record) -> Observed {
         match r {
-            Record::Finding(f) => Observed::Finding {
-                kind: f.kind,
-                severity: f.severity,
-                low: f.confidence == crate::findings::Confidence::Low,
-                server: f.server,
-                ts: f.ts,
-                timer: Timer::of(f.kind, &f.evidence),
-                request: retries::retryable(f.kind)
+            Record::Finding(f) => {
+                let request = retries::retryable(f.kind)
                     .then(|| request(f.conn, f.exchange, f.client, &f.method, &f.target))
-                    .flatten(),
-            },
+                    .flatten();
+                let about = request.and_then(|_| about(f.client, &f.method, &f.target));
+                Observed::Finding {
+                    kind: f.kind,
+                    severity: f.severity,
+                    low: f.confidence == crate::findings::Confidence::Low,
+                    server: f.server,
+                    ts: f.ts,
+                    timer: Timer::of(f.kind, &f.evidence),
+                    request,
+                    about,
+                }
+            }
             Record::Exchange(e) => Observed::Exchange {
                 server: e.server,
                 ttfb_ms: e.ttfb_ms,
@@ -595,9 +618,10 @@ impl Summary {
                 ts,
                 timer,
                 request,
+                ref about,
             } => {
                 if let Some(r) = request {
-                    self.retries.failure(kind, r, server, ts);
+                    self.retries.failure(kind, r, about.as_deref(), server, ts);
                 }
                 if let Some((t, ms)) = timer {
                     self.timers.entry(t).or_default().add(ms, server);

@@ -845,9 +845,13 @@ fn check_retries(run: &mut Run, findings: &Findings, records: &[Value]) {
             }
             continue;
         };
-        let chain = chains
-            .iter()
-            .find(|c| c["conn"] == race["conn"] && c["exchange"] == race["exchange"]);
+        // The chain of that finding, naming the request the gateway sent.
+        let chain = chains.iter().find(|c| {
+            c["conn"] == race["conn"]
+                && c["exchange"] == race["exchange"]
+                && c["method"] == obs.method
+                && c["target"] == target
+        });
         let fate = chain.map(|c| {
             (
                 c["fate"].clone(),

@@ -164,6 +164,28 @@ fn the_fate_is_a_retry_record_right_after_the_answering_exchange() {
     );
 }
 
+/// A `retry` record stands alone in a log pipeline: it names the failed request (who sent
+/// it, to which backend, what it asked for) without a join with the finding record.
+#[test]
+fn a_retry_record_names_the_failed_request() {
+    let recs = records(race_then_retry());
+    let retry = of_type(&recs, "retry").into_iter().next().cloned();
+    assert_eq!(
+        retry.map(|r| [
+            r["client"].clone(),
+            r["server"].clone(),
+            r["method"].clone(),
+            r["target"].clone()
+        ]),
+        Some([
+            Value::from("10.0.0.1:45000"),
+            Value::from(BACKEND),
+            Value::from("GET"),
+            Value::from("/b")
+        ])
+    );
+}
+
 /// The same race, and nothing after it: the client got the gateway's error.
 #[test]
 fn a_failure_nothing_followed_is_not_retried() {

@@ -196,8 +196,13 @@ impl<W: Write + Send> Output for TableReport<W> {
     /// ones a retry answered were no 502 for their clients.
     fn retry(&mut self, c: &crate::retries::Chain) -> io::Result<()> {
         if let Some(feed) = self.feed.as_mut() {
+            let what = c
+                .about
+                .as_ref()
+                .map(|a| format!(" ({} {})", a.method, a.target))
+                .unwrap_or_default();
             let line = format!(
-                "{} RETRY {} connection {} exchange {} → {}: {}",
+                "{} RETRY {} connection {} exchange {}{what} → {}: {}",
                 short_time(c.at),
                 c.kind,
                 c.conn,
@@ -641,13 +646,18 @@ mod test {
     #[test]
     fn a_live_feed_says_when_a_retry_answered_a_failed_request() {
         use crate::record::Outcome;
-        use crate::retries::{Attempt, Chain, Fate};
+        use crate::retries::{About, Attempt, Chain, Fate};
         let (report, feed) = (Shared::default(), Shared::default());
         let mut t = TableReport::new(report.clone(), false).with_feed(Box::new(feed.clone()));
         let chain = Chain {
             conn: 1,
             index: 2,
             kind: Kind::KeepaliveRace,
+            about: Some(About::new(
+                "10.0.0.1:40147".parse().unwrap_or_else(|e| panic!("{e}")),
+                "GET",
+                "/api/users/2",
+            )),
             server: "10.0.0.2:8080".parse().unwrap_or_else(|e| panic!("{e}")),
             at: Ts(1_768_471_204_905_080),
             attempts: vec![Attempt {
@@ -664,7 +674,7 @@ mod test {
         t.retry(&chain).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             feed.text(),
-            "10:00:04.905080 RETRY keepalive_race connection 1 exchange 2 → 10.0.0.2:8080: sent again 0.5 ms later on connection 11 exchange 1 to 10.0.0.3:8080: answered 200: the client most likely got that\n"
+            "10:00:04.905080 RETRY keepalive_race connection 1 exchange 2 (GET /api/users/2) → 10.0.0.2:8080: sent again 0.5 ms later on connection 11 exchange 1 to 10.0.0.3:8080: answered 200: the client most likely got that\n"
         );
     }
 }
