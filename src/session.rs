@@ -435,12 +435,13 @@ impl Session {
                     }
                 }
                 Step::MessageStart => self.request_start(offset, ctx),
-                Step::Head(h) => {
+                Step::Head(mut h) => {
                     self.close_announced |= announces_close(&h);
                     if let Some(i) = self.requesting() {
                         let e = &mut self.pending[i];
-                        e.method = h.method.clone();
-                        e.target = h.target.clone();
+                        // Moved, not copied: the head is dropped below.
+                        e.method = h.method.take();
+                        e.target = h.target.take();
                         e.expect_continue = h.expect_continue;
                         self.request_after_close(i, ctx);
                     }
@@ -971,16 +972,19 @@ impl Session {
             // The request side leaves HTTP too (WebSocket frames, a CONNECT tunnel).
             self.req.tunnel();
         }
-        let ex = e.exref();
         // Slow first byte: measured from the request's last byte to the response's first.
         if let (Some((req_end, req_frame)), false) = (e.req_end, e.slow_reported) {
             if start.0.micros_since(req_end) > slow_us {
                 e.slow_reported = true;
-                self.slow_finding(ex.clone(), req_end, req_frame, ctx);
+                let ex = e.exref();
+                self.slow_finding(ex, req_end, req_frame, ctx);
             }
         }
+        // The exchange's reference (method and target copied) only for a finding: this runs
+        // for every response.
         let unsolicited = self.pending[i].unsolicited;
         if unsolicited {
+            let ex = self.pending[i].exref();
             let first_ever = self.midstream && self.exchanges == 0;
             let sev = if first_ever {
                 Severity::Info
@@ -1002,10 +1006,14 @@ impl Session {
                 evidence(json!({"status": status, "midstream": self.midstream})),
             );
         }
+        // Taken before the violations, which may end the exchange.
+        let error_status = (502..=504)
+            .contains(&status)
+            .then(|| self.pending[i].exref());
         for v in &h.violations {
             self.response_violation(v, false, ctx);
         }
-        if (502..=504).contains(&status) {
+        if let Some(ex) = error_status {
             self.em.finding(
                 ctx,
                 Kind::BackendErrorStatus,
