@@ -160,8 +160,8 @@ pub struct Chain {
     pub conn: ConnId,
     pub index: u32,
     pub kind: Kind,
-    /// The failed request (`None` only where a caller had none to give: tests).
-    pub about: Option<About>,
+    /// The failed request.
+    pub about: About,
     /// The backend of the first failure.
     pub server: SocketAddr,
     pub at: Ts,
@@ -185,10 +185,10 @@ impl Chain {
             exchange: self.index,
             kind: self.kind.name(),
             ts: self.at.to_string(),
-            client: self.about.as_ref().map(|a| a.client.to_string()),
+            client: self.about.client.to_string(),
             server: self.server.to_string(),
-            method: self.about.as_ref().map(|a| a.method.as_str()),
-            target: self.about.as_ref().map(|a| a.target.as_str()),
+            method: &self.about.method,
+            target: &self.about.target,
             fate: self.fate.name(),
             status: match self.fate {
                 Fate::Answered(s) => s,
@@ -265,10 +265,10 @@ struct ChainJson<'a> {
     exchange: u32,
     kind: &'a str,
     ts: String,
-    client: Option<String>,
+    client: String,
     server: String,
-    method: Option<&'a str>,
-    target: Option<&'a str>,
+    method: &'a str,
+    target: &'a str,
     fate: &'static str,
     status: Option<u16>,
     attempts: Vec<AttemptJson>,
@@ -348,14 +348,7 @@ impl Retries {
     }
 
     /// A finding: if it is a failure a retry can follow, the request waits for its retry.
-    pub fn failure(
-        &mut self,
-        kind: Kind,
-        req: Request,
-        about: Option<&About>,
-        server: SocketAddr,
-        at: Ts,
-    ) {
+    pub fn failure(&mut self, kind: Kind, req: Request, about: &About, server: SocketAddr, at: Ts) {
         self.advance(at);
         if !retryable(kind) {
             return;
@@ -376,7 +369,7 @@ impl Retries {
             conn: req.conn,
             index: req.index,
             kind,
-            about: about.cloned(),
+            about: about.clone(),
             server,
             at,
             attempts: Vec::new(),
@@ -708,6 +701,10 @@ mod test {
         SocketAddr::from(([10, 0, 0, 2], 8080))
     }
 
+    fn about() -> About {
+        About::new(SocketAddr::new(PROXY, 40000), "GET", "/")
+    }
+
     fn req(conn: ConnId, key: u64) -> Request {
         Request {
             conn,
@@ -733,7 +730,13 @@ mod test {
         let mut r = Retries::default();
         let n = MAX_OPEN as u64 + 10;
         for i in 0..n {
-            r.failure(Kind::ResetBeforeResponse, req(i, i), None, server(), Ts(T));
+            r.failure(
+                Kind::ResetBeforeResponse,
+                req(i, i),
+                &about(),
+                server(),
+                Ts(T),
+            );
         }
         let untracked_while_running = r.untracked;
         r.finish();
@@ -753,7 +756,7 @@ mod test {
     #[test]
     fn a_failure_is_settled_once_its_time_has_passed() {
         let mut r = Retries::default();
-        r.failure(Kind::KeepaliveRace, req(1, 7), None, server(), Ts(T));
+        r.failure(Kind::KeepaliveRace, req(1, 7), &about(), server(), Ts(T));
         r.exchange(
             req(2, 8),
             server(),
@@ -774,10 +777,22 @@ mod test {
     fn a_chain_is_the_same_whichever_record_of_a_failed_retry_comes_first() {
         let run = |finding_first: bool| {
             let mut r = Retries::default();
-            r.failure(Kind::ResetBeforeResponse, req(1, 9), None, server(), Ts(T));
+            r.failure(
+                Kind::ResetBeforeResponse,
+                req(1, 9),
+                &about(),
+                server(),
+                Ts(T),
+            );
             let b = req(2, 9);
             let b_finding = |r: &mut Retries| {
-                r.failure(Kind::ResetBeforeResponse, b, None, server(), Ts(T + 2_000))
+                r.failure(
+                    Kind::ResetBeforeResponse,
+                    b,
+                    &about(),
+                    server(),
+                    Ts(T + 2_000),
+                )
             };
             if finding_first {
                 b_finding(&mut r);

@@ -436,10 +436,9 @@ pub enum Observed {
         ts: Ts,
         /// For the kinds a timer ends (see [`Timer`]), how long it ran.
         timer: Option<(Timer, f64)>,
-        /// The request it is about, for the retry matching (see [`crate::retries`]).
-        request: Option<Request>,
-        /// With `request`: who sent it and what it asked for.
-        about: Option<Box<About>>,
+        /// The request it is about, if a retry can follow it (see [`crate::retries`]): its
+        /// key for the matching, and who sent it and what it asked for, for its record.
+        retryable: Option<(Request, Box<About>)>,
     },
     Exchange {
         server: SocketAddr,
@@ -474,40 +473,28 @@ fn request(
     })
 }
 
-/// Who sent a retryable failed request and what it asked for (rare: out of line).
+/// A finding a retry can follow: the request it is about, with who sent it and what it
+/// asked for (rare: out of line).
 #[cold]
 #[inline(never)]
-fn about(
-    client: SocketAddr,
-    method: &Option<String>,
-    target: &Option<String>,
-) -> Option<Box<About>> {
-    Some(Box::new(About::new(
-        client,
-        method.as_deref()?,
-        target.as_deref()?,
-    )))
+fn retryable(f: &crate::record::Finding) -> Option<(Request, Box<About>)> {
+    let (method, target) = (f.method.as_deref()?, f.target.as_deref()?);
+    let req = request(f.conn, f.exchange, f.client, &f.method, &f.target)?;
+    Some((req, Box::new(About::new(f.client, method, target))))
 }
 
 impl Observed {
     pub fn of(r: &Record) -> Observed {
         match r {
-            Record::Finding(f) => {
-                let request = retries::retryable(f.kind)
-                    .then(|| request(f.conn, f.exchange, f.client, &f.method, &f.target))
-                    .flatten();
-                let about = request.and_then(|_| about(f.client, &f.method, &f.target));
-                Observed::Finding {
-                    kind: f.kind,
-                    severity: f.severity,
-                    low: f.confidence == crate::findings::Confidence::Low,
-                    server: f.server,
-                    ts: f.ts,
-                    timer: Timer::of(f.kind, &f.evidence),
-                    request,
-                    about,
-                }
-            }
+            Record::Finding(f) => Observed::Finding {
+                kind: f.kind,
+                severity: f.severity,
+                low: f.confidence == crate::findings::Confidence::Low,
+                server: f.server,
+                ts: f.ts,
+                timer: Timer::of(f.kind, &f.evidence),
+                retryable: retries::retryable(f.kind).then(|| retryable(f)).flatten(),
+            },
             Record::Exchange(e) => Observed::Exchange {
                 server: e.server,
                 ttfb_ms: e.ttfb_ms,
@@ -617,11 +604,10 @@ impl Summary {
                 server,
                 ts,
                 timer,
-                request,
-                ref about,
+                ref retryable,
             } => {
-                if let Some(r) = request {
-                    self.retries.failure(kind, r, about.as_deref(), server, ts);
+                if let Some((r, about)) = retryable {
+                    self.retries.failure(kind, *r, about, server, ts);
                 }
                 if let Some((t, ms)) = timer {
                     self.timers.entry(t).or_default().add(ms, server);

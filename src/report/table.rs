@@ -196,17 +196,14 @@ impl<W: Write + Send> Output for TableReport<W> {
     /// ones a retry answered were no 502 for their clients.
     fn retry(&mut self, c: &crate::retries::Chain) -> io::Result<()> {
         if let Some(feed) = self.feed.as_mut() {
-            let what = c
-                .about
-                .as_ref()
-                .map(|a| format!(" ({} {})", a.method, a.target))
-                .unwrap_or_default();
             let line = format!(
-                "{} RETRY {} connection {} exchange {}{what} → {}: {}",
+                "{} RETRY {} connection {} exchange {} ({} {}) → {}: {}",
                 short_time(c.at),
                 c.kind,
                 c.conn,
                 c.index,
+                c.about.method,
+                c.about.target,
                 c.server,
                 c.story(None)
             );
@@ -653,11 +650,11 @@ mod test {
             conn: 1,
             index: 2,
             kind: Kind::KeepaliveRace,
-            about: Some(About::new(
+            about: About::new(
                 "10.0.0.1:40147".parse().unwrap_or_else(|e| panic!("{e}")),
                 "GET",
                 "/api/users/2",
-            )),
+            ),
             server: "10.0.0.2:8080".parse().unwrap_or_else(|e| panic!("{e}")),
             at: Ts(1_768_471_204_905_080),
             attempts: vec![Attempt {
