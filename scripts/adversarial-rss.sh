@@ -42,6 +42,8 @@ if tcp["ooo_overflows"]:
     parts.append("ooo_overflows {:,}".format(tcp["ooo_overflows"]))
 for name, n in sorted(limits.items()):
     parts.append("limit_reached {} ×{:,}".format(name, n))
+if summary["retries"]["untracked"]:
+    parts.append("retries untracked {:,}".format(summary["retries"]["untracked"]))
 for kind, n in sorted(summary["findings"].items()):
     if kind != "limit_reached":
         parts.append("{} ×{:,}".format(kind, n))

@@ -30,7 +30,7 @@ pub const WINDOW_US: i64 = 2_000_000;
 const KEEP: i64 = 300_000_000;
 
 /// Failures waiting at once; past this the oldest is given up on (counted as untracked).
-const MAX_OPEN: usize = 65_536;
+pub const MAX_OPEN: usize = 65_536;
 
 /// Chains kept in detail for the reports (the first ones, in output order).
 pub const MAX_LISTED: usize = 1000;

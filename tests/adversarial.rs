@@ -10,6 +10,7 @@ use gatescope::flow::{FlowStats, FlowTable};
 use gatescope::limits::Limits;
 use gatescope::pipeline::{Analyzer, Collector, Config, Output, TICK_US};
 use gatescope::record::{OrderKey, Record};
+use gatescope::retries;
 use gatescope::session::Ctx;
 use gatescope::summary::Summary;
 use gatescope::synth::adversarial::{self, Attack};
@@ -211,6 +212,36 @@ fn syn_flood_evictions_reach_the_summary() {
         summary.completeness_notes()
     );
     assert_eq!(summary.to_json()["tcp"]["evicted_connections"], 4_000);
+}
+
+/// A flood of failed requests no retry follows (each its own target, reset before any
+/// response): at most `MAX_OPEN` wait for a retry, the rest are counted as untracked — the
+/// summary says how many failures were not followed, and memory stays bounded.
+#[test]
+fn retry_flood_waits_for_at_most_max_open_and_counts_the_rest() {
+    let cfg = Config {
+        limits: Arc::new(small()),
+        backends: Arc::new(Vec::new()),
+        threads: 1,
+    };
+    let mut a = Analyzer::new(&cfg, Collector::new(Box::new(Discard)));
+    let flood = retries::MAX_OPEN as u64 + 1_000;
+    adversarial::generate(Attack::RetryFlood, flood, |ts, frame| {
+        a.packet(linktype::ETHERNET, Ts(ts), frame, frame.len() as u32);
+        Ok(())
+    })
+    .expect("generate");
+    let (summary, err) = a.finish(Vec::new());
+    assert!(err.is_none());
+    let r = &summary.to_json()["retries"];
+    assert_eq!(
+        (
+            r["failed_requests"].as_u64(),
+            r["not_retried"].as_u64(),
+            r["untracked"].as_u64()
+        ),
+        (Some(flood), Some(retries::MAX_OPEN as u64), Some(1_000))
+    );
 }
 
 struct Discard;

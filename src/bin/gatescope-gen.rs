@@ -76,15 +76,15 @@ enum Cmd {
     /// Write hostile or broken traffic that pushes one of gatescope's bounds.
     Adversarial {
         /// syn-flood, ooo-flood, endless-head, tiny-chunks, huge-chunk, huge-content-length,
-        /// many-pending or isn-churn (`--list` says what each is and what gatescope should
-        /// report).
+        /// many-pending, isn-churn or retry-flood (`--list` says what each is and what
+        /// gatescope should report).
         #[arg(required_unless_present = "list", value_parser = parse_attack)]
         kind: Option<Attack>,
         /// Output pcap file.
         #[arg(long, required_unless_present = "list")]
         out: Option<PathBuf>,
-        /// Size of the attack (SYNs, segments, bytes, chunks or requests, by kind); the
-        /// default is the full size.
+        /// Size of the attack (SYNs, segments, bytes, chunks, requests or connections, by
+        /// kind); the default is the full size.
         #[arg(long)]
         count: Option<u64>,
         /// List the kinds, their default counts and what gatescope should report, and exit.

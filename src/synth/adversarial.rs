@@ -47,10 +47,14 @@ pub enum Attack {
     /// `count` SYNs on one 4-tuple, each with a new ISN (each starts a new connection), all
     /// at the same packet time.
     IsnChurn,
+    /// `count` connections, each with one request for its own long target that the backend
+    /// answers with a reset, all within seconds: every failure waits for a retry that never
+    /// comes.
+    RetryFlood,
 }
 
 impl Attack {
-    pub const ALL: [Attack; 8] = [
+    pub const ALL: [Attack; 9] = [
         Attack::SynFlood,
         Attack::OooFlood,
         Attack::EndlessHead,
@@ -59,6 +63,7 @@ impl Attack {
         Attack::HugeContentLength,
         Attack::ManyPending,
         Attack::IsnChurn,
+        Attack::RetryFlood,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +76,7 @@ impl Attack {
             Attack::HugeContentLength => "huge-content-length",
             Attack::ManyPending => "many-pending",
             Attack::IsnChurn => "isn-churn",
+            Attack::RetryFlood => "retry-flood",
         }
     }
 
@@ -89,6 +95,7 @@ impl Attack {
             Attack::HugeChunk | Attack::HugeContentLength => 1 << 20,
             Attack::ManyPending => 10_000,
             Attack::IsnChurn => 2_000_000,
+            Attack::RetryFlood => 100_000,
         }
     }
 
@@ -109,6 +116,9 @@ impl Attack {
             }
             Attack::ManyPending => "limit_reached max_pending once",
             Attack::IsnChurn => "one connection tracked at a time; nothing grows with the count",
+            Attack::RetryFlood => {
+                "reset_before_response for each; at most 65,536 wait for a retry, the rest counted as untracked (summary retries)"
+            }
         }
     }
 }
@@ -146,6 +156,7 @@ where
         }
         Attack::ManyPending => many_pending(&mut w, count)?,
         Attack::IsnChurn => isn_churn(&mut w, count)?,
+        Attack::RetryFlood => retry_flood(&mut w, count)?,
     }
     Ok(w.frames)
 }
@@ -191,9 +202,24 @@ struct Conn {
 
 impl Conn {
     fn new(port: u16) -> Conn {
-        let p = u32::from(port);
+        Conn::from(
+            SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), port),
+            u32::from(port),
+        )
+    }
+
+    /// Connection `i` of many: 50 000 ports per client address, client addresses from
+    /// 127.1.0.0 up (as in the SYN flood), so that no 4-tuple is reused.
+    fn numbered(i: u64) -> Conn {
+        let host = u32::from(Ipv4Addr::new(127, 1, 0, 0)) + (i / 50_000) as u32;
+        let client = SocketAddrV4::new(Ipv4Addr::from(host), 10_000 + (i % 50_000) as u16);
+        Conn::from(client, i as u32)
+    }
+
+    fn from(client: SocketAddrV4, seed: u32) -> Conn {
+        let p = seed;
         Conn {
-            client: SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), port),
+            client,
             c_isn: p.wrapping_mul(0x9e37_79b9),
             s_isn: p.wrapping_mul(0x85eb_ca6b) ^ 0x5bd1_e995,
             c_next: 0,
@@ -437,6 +463,26 @@ fn huge<F: FnMut(i64, &[u8]) -> io::Result<()>>(
         }
         c.fin(w, false)?;
         c.fin(w, true)?;
+    }
+    Ok(())
+}
+
+fn retry_flood<F: FnMut(i64, &[u8]) -> io::Result<()>>(
+    w: &mut Wire<F>,
+    count: u64,
+) -> io::Result<()> {
+    let filler = [b'q'; 600];
+    let mut request = Vec::with_capacity(1024);
+    for i in 0..count {
+        let mut c = Conn::numbered(i);
+        c.handshake(w)?;
+        request.clear();
+        let _ = write!(request, "GET /retry/{i}/");
+        request.extend_from_slice(&filler);
+        request.extend_from_slice(b" HTTP/1.1\r\nHost: backend\r\n\r\n");
+        c.send(w, true, &request)?;
+        let rst = c.seg(false, Some(c.s_next), TcpFlags::RST | TcpFlags::ACK);
+        w.frame(&rst, &[], &[])?;
     }
     Ok(())
 }
