@@ -187,21 +187,27 @@ fn syn_flood_is_held_to_max_connections_and_evictions_are_counted() {
     assert_eq!(run.limits, ["max_connections"]);
 }
 
-#[test]
-fn syn_flood_evictions_reach_the_summary() {
+/// The whole analysis (one thread, small limits, no output) over an attack: its summary.
+fn summarize(attack: Attack, count: u64) -> Summary {
     let cfg = Config {
         limits: Arc::new(small()),
         backends: Arc::new(Vec::new()),
         threads: 1,
     };
     let mut a = Analyzer::new(&cfg, Collector::new(Box::new(Discard)));
-    adversarial::generate(Attack::SynFlood, 5_000, |ts, frame| {
+    adversarial::generate(attack, count, |ts, frame| {
         a.packet(linktype::ETHERNET, Ts(ts), frame, frame.len() as u32);
         Ok(())
     })
     .expect("generate");
     let (summary, err) = a.finish(Vec::new());
-    assert!(err.is_none());
+    assert!(err.is_none(), "{err:?}");
+    summary
+}
+
+#[test]
+fn syn_flood_evictions_reach_the_summary() {
+    let summary = summarize(Attack::SynFlood, 5_000);
     assert_eq!(summary.flow.evicted, 4_000);
     assert!(
         summary
@@ -219,20 +225,8 @@ fn syn_flood_evictions_reach_the_summary() {
 /// summary says how many failures were not followed, and memory stays bounded.
 #[test]
 fn retry_flood_waits_for_at_most_max_open_and_counts_the_rest() {
-    let cfg = Config {
-        limits: Arc::new(small()),
-        backends: Arc::new(Vec::new()),
-        threads: 1,
-    };
-    let mut a = Analyzer::new(&cfg, Collector::new(Box::new(Discard)));
     let flood = retries::MAX_OPEN as u64 + 1_000;
-    adversarial::generate(Attack::RetryFlood, flood, |ts, frame| {
-        a.packet(linktype::ETHERNET, Ts(ts), frame, frame.len() as u32);
-        Ok(())
-    })
-    .expect("generate");
-    let (summary, err) = a.finish(Vec::new());
-    assert!(err.is_none());
+    let summary = summarize(Attack::RetryFlood, flood);
     let r = &summary.to_json()["retries"];
     assert_eq!(
         (
