@@ -1018,7 +1018,7 @@ impl Sharded {
                 done += take(self, r);
             }
             let mut m = lock(&self.merger);
-            m.mark(&marks);
+            m.mark(marks.iter().copied());
             m.release();
             let failed = m.collector.error.is_some();
             drop(m);
@@ -1234,8 +1234,7 @@ fn worker(
                     let records = render(out, &renderer);
                     let mut m = lock(&merger);
                     m.records(id, 0, records, at);
-                    let marks: Vec<u64> = job.marks.iter().map(|x| x.load(Acquire)).collect();
-                    m.mark(&marks);
+                    m.mark(job.marks.iter().map(|x| x.load(Acquire)));
                     m.release();
                     m.collector.error.is_none()
                 });
@@ -1319,8 +1318,8 @@ impl Merger {
     }
 
     /// Worker `w` has no records before frame `marks[w]` still to come.
-    fn mark(&mut self, marks: &[u64]) {
-        for (u, &m) in self.upto.iter_mut().zip(marks) {
+    fn mark(&mut self, marks: impl IntoIterator<Item = u64>) {
+        for (u, m) in self.upto.iter_mut().zip(marks) {
             *u = (*u).max((m, 0));
         }
     }

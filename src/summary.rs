@@ -627,15 +627,19 @@ impl Summary {
                 }
                 let b = self.backend(server);
                 *b.findings.entry(kind).or_default() += 1;
-                match severity {
-                    Severity::Error => b.errors += 1,
-                    Severity::Warning => b.warnings += 1,
-                    Severity::Info => {}
-                }
-                match severity {
-                    Severity::Error => self.timeline.add(Series::Errors, ts),
-                    Severity::Warning => self.timeline.add(Series::Warnings, ts),
-                    Severity::Info => {}
+                let series = match severity {
+                    Severity::Error => {
+                        b.errors += 1;
+                        Some(Series::Errors)
+                    }
+                    Severity::Warning => {
+                        b.warnings += 1;
+                        Some(Series::Warnings)
+                    }
+                    Severity::Info => None,
+                };
+                if let Some(series) = series {
+                    self.timeline.add(series, ts);
                 }
             }
             Observed::Exchange {
